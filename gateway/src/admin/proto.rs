@@ -1,0 +1,79 @@
+//! The admin socket protocol shared by the daemon and `tunctl`: one JSON request per line,
+//! one JSON response per line, then the daemon closes the connection.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Bumped when a response changes incompatibly; `tunctl` refuses a newer major.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Peers,
+    Status,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Response {
+    pub version: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peers: Option<Vec<PeerInfo>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<InterfaceStatus>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerState {
+    /// No valid session yet, handshakes under way (or waiting for the peer to call in).
+    Connecting,
+    /// A session from a handshake younger than 180 s (WireGuard paper §6.1, Reject-After-Time).
+    Connected,
+    /// Something needs attention; `status_reason` says what.
+    Error,
+}
+
+/// One peer as the daemon sees it now. Byte counters count inner IP packet bytes (what went
+/// into and came out of the tunnel, keepalives excluded); `*_wire_bytes` count UDP payload bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    pub public_key: String,
+    pub name: Option<String>,
+    pub endpoint: Option<String>,
+    pub status: PeerState,
+    pub status_reason: Option<String>,
+    /// Unix time of the last completed handshake, in milliseconds.
+    pub last_handshake_unix_ms: Option<u64>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_wire_bytes: u64,
+    pub tx_wire_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub handshakes: u64,
+    pub allowed_ips: Vec<String>,
+    pub persistent_keepalive: Option<u16>,
+    /// Packets dropped that are attributable to this peer, by reason.
+    pub dropped: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InterfaceStatus {
+    pub name: String,
+    pub public_key: String,
+    pub listen_port: u16,
+    pub addresses: Vec<String>,
+    pub mtu: u16,
+    pub peers: usize,
+    pub connected_peers: usize,
+    pub uptime_secs: u64,
+    pub pid: u32,
+    pub daemon_version: String,
+    pub config_file: String,
+    pub offloads: BTreeMap<String, bool>,
+    /// Packets dropped by reason, all peers and unattributable drops together.
+    pub dropped: BTreeMap<String, u64>,
+}

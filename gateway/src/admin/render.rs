@@ -1,0 +1,380 @@
+//! `tunctl` output: plain aligned tables (no borders, like kubectl) and JSON/YAML dumps.
+//!
+//! Pure functions of a snapshot and `now`, so tests pin the exact text. Peers keep the order the
+//! daemon reported them in.
+
+use super::proto::{InterfaceStatus, PeerInfo, PeerState};
+use anyhow::Context as _;
+use serde::Serialize;
+use std::fmt::Write as _;
+
+/// How `tunctl` prints what it read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns for people.
+    #[default]
+    Table,
+    /// The table plus keys, keepalive, handshake and drop counts.
+    Wide,
+    /// Everything the daemon reported, exact numbers.
+    Json,
+    /// As json, in YAML.
+    Yaml,
+}
+
+/// Columns are separated by this many spaces, as kubectl does.
+const GAP: usize = 3;
+
+/// How a peer is named on screen and in metrics: its configured name, else the first 8
+/// characters of its base64 key (as `wg` abbreviates keys).
+pub fn peer_label(peer: &PeerInfo) -> String {
+    match &peer.name {
+        Some(name) if !name.is_empty() => name.clone(),
+        _ => peer.public_key.chars().take(8).collect(),
+    }
+}
+
+/// `connecting`, `connected`, or `error: <reason>`.
+pub fn peer_status(peer: &PeerInfo) -> String {
+    match (peer.status, peer.status_reason.as_deref()) {
+        (PeerState::Connecting, _) => "connecting".into(),
+        (PeerState::Connected, _) => "connected".into(),
+        (PeerState::Error, Some(reason)) if !reason.is_empty() => format!("error: {reason}"),
+        (PeerState::Error, _) => "error".into(),
+    }
+}
+
+/// IEC units with one decimal: `512 B`, `1.2 MiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// The two most significant units: `45s`, `3m4s`, `2h5m`, `3d4h`.
+pub fn compact_duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m{s}s"),
+        (0, _, _) => format!("{h}h{m}m"),
+        _ => format!("{d}d{h}h"),
+    }
+}
+
+/// `never`, or the age of the handshake: `12s ago`, `3m4s ago`.
+pub fn handshake_age(last_unix_ms: Option<u64>, now_unix_ms: u64) -> String {
+    match last_unix_ms {
+        None | Some(0) => "never".into(),
+        // A handshake "in the future" (clock stepped back) reads as just now.
+        Some(ms) => format!(
+            "{} ago",
+            compact_duration(now_unix_ms.saturating_sub(ms) / 1000)
+        ),
+    }
+}
+
+/// Left-aligned columns, [`GAP`] spaces apart, no trailing spaces.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header: Vec<String> = headers.iter().map(|h| (*h).to_string()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let mut line = String::new();
+        for (cell, width) in row.iter().zip(&widths) {
+            let _ = write!(line, "{cell:<width$}{:GAP$}", "");
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn dump<T: Serialize + ?Sized>(value: &T, format: OutputFormat) -> anyhow::Result<Option<String>> {
+    Ok(match format {
+        OutputFormat::Json => {
+            let mut text = serde_json::to_string_pretty(value).context("failed to encode JSON")?;
+            text.push('\n');
+            Some(text)
+        }
+        OutputFormat::Yaml => {
+            Some(serde_yaml_ng::to_string(value).context("failed to encode YAML")?)
+        }
+        OutputFormat::Table | OutputFormat::Wide => None,
+    })
+}
+
+fn or_none(text: String) -> String {
+    if text.is_empty() {
+        "<none>".into()
+    } else {
+        text
+    }
+}
+
+/// `tunctl peers`.
+pub fn peers(peers: &[PeerInfo], format: OutputFormat, now_unix_ms: u64) -> anyhow::Result<String> {
+    if let Some(text) = dump(peers, format)? {
+        return Ok(text);
+    }
+    if peers.is_empty() {
+        return Ok("no peers configured\n".into());
+    }
+    let wide = format == OutputFormat::Wide;
+    let headers: &[&str] = if wide {
+        &[
+            "PEER",
+            "PUBLIC KEY",
+            "ENDPOINT",
+            "STATUS",
+            "HANDSHAKE",
+            "RX",
+            "TX",
+            "KEEPALIVE",
+            "HANDSHAKES",
+            "DROPPED",
+            "ALLOWED IPS",
+        ]
+    } else {
+        &[
+            "PEER",
+            "ENDPOINT",
+            "STATUS",
+            "HANDSHAKE",
+            "RX",
+            "TX",
+            "ALLOWED IPS",
+        ]
+    };
+    let rows: Vec<Vec<String>> = peers
+        .iter()
+        .map(|peer| {
+            let endpoint = or_none(peer.endpoint.clone().unwrap_or_default());
+            let handshake = handshake_age(peer.last_handshake_unix_ms, now_unix_ms);
+            let allowed = or_none(peer.allowed_ips.join(","));
+            let (rx, tx) = (human_bytes(peer.rx_bytes), human_bytes(peer.tx_bytes));
+            if wide {
+                let keepalive = match peer.persistent_keepalive {
+                    Some(secs) if secs > 0 => format!("{secs}s"),
+                    _ => "off".into(),
+                };
+                let dropped: u64 = peer.dropped.values().sum();
+                vec![
+                    peer_label(peer),
+                    peer.public_key.clone(),
+                    endpoint,
+                    peer_status(peer),
+                    handshake,
+                    rx,
+                    tx,
+                    keepalive,
+                    peer.handshakes.to_string(),
+                    dropped.to_string(),
+                    allowed,
+                ]
+            } else {
+                vec![
+                    peer_label(peer),
+                    endpoint,
+                    peer_status(peer),
+                    handshake,
+                    rx,
+                    tx,
+                    allowed,
+                ]
+            }
+        })
+        .collect();
+    Ok(table(headers, &rows))
+}
+
+fn counts(map: &std::collections::BTreeMap<String, u64>) -> String {
+    let parts: Vec<String> = map.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// `tunctl status`.
+pub fn status(status: &InterfaceStatus, format: OutputFormat) -> anyhow::Result<String> {
+    if let Some(text) = dump(status, format)? {
+        return Ok(text);
+    }
+    let offloads: Vec<String> = status
+        .offloads
+        .iter()
+        .map(|(name, on)| format!("{name} {}", if *on { "on" } else { "off" }))
+        .collect();
+    let mut fields = vec![
+        ("interface", status.name.clone()),
+        ("public key", status.public_key.clone()),
+        ("listening port", status.listen_port.to_string()),
+        ("addresses", or_none(status.addresses.join(", "))),
+        ("mtu", status.mtu.to_string()),
+        (
+            "peers",
+            format!("{}/{} connected", status.connected_peers, status.peers),
+        ),
+        ("uptime", compact_duration(status.uptime_secs)),
+        ("offloads", or_none(offloads.join(", "))),
+        ("dropped", counts(&status.dropped)),
+    ];
+    if format == OutputFormat::Wide {
+        fields.push(("pid", status.pid.to_string()));
+        fields.push(("version", status.daemon_version.clone()));
+        fields.push(("config", status.config_file.clone()));
+    }
+    let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    let mut out = String::new();
+    for (key, value) in fields {
+        let _ = writeln!(out, "{:<width$} {value}", format!("{key}:"), width = width);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::testing::{peer_key, FakeSource, HANDSHAKE_MS};
+    use crate::admin::AdminSource as _;
+
+    #[test]
+    fn bytes_are_human() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1024), "1.0 KiB");
+        assert_eq!(human_bytes(1_258_291), "1.2 MiB");
+        assert_eq!(human_bytes(5 * 1024 * 1024 * 1024), "5.0 GiB");
+        assert_eq!(human_bytes(u64::MAX), "16.0 EiB");
+    }
+
+    #[test]
+    fn ages_are_compact() {
+        let now = 1_000_000_000;
+        assert_eq!(handshake_age(None, now), "never");
+        assert_eq!(handshake_age(Some(now - 12_400), now), "12s ago");
+        assert_eq!(handshake_age(Some(now - 184_000), now), "3m4s ago");
+        assert_eq!(handshake_age(Some(now - 7_500_000), now), "2h5m ago");
+        assert_eq!(handshake_age(Some(now - 273_600_000), now), "3d4h ago");
+        assert_eq!(handshake_age(Some(now + 5_000), now), "0s ago");
+        assert_eq!(compact_duration(60), "1m0s");
+    }
+
+    #[test]
+    fn table_aligns_without_trailing_space() {
+        let text = table(
+            &["A", "LONGER", "C"],
+            &[
+                vec!["wide-cell".into(), "x".into(), "last".into()],
+                vec!["y".into(), "z".into(), String::new()],
+            ],
+        );
+        assert_eq!(
+            text,
+            "A           LONGER   C\n\
+             wide-cell   x        last\n\
+             y           z\n"
+        );
+    }
+
+    #[test]
+    fn peers_table() {
+        let source = FakeSource::new();
+        let now = HANDSHAKE_MS + 12_000;
+        let text = peers(&source.peers(), OutputFormat::Table, now).unwrap();
+        let short: String = peer_key(2).chars().take(8).collect();
+        let short3: &str = "edge-7";
+        let expected = format!(
+            "PEER        ENDPOINT              STATUS                         HANDSHAKE   RX        TX        ALLOWED IPS\n\
+             cluster-b   192.0.2.10:51820      connected                      12s ago     1.2 MiB   4.0 KiB   10.1.0.0/16,fd00:1::/64\n\
+             {short}    [2001:db8::2]:51820   connecting                     never       0 B       0 B       10.2.0.0/16\n\
+             {short3}      <none>                error: endpoint unresolvable   never       0 B       0 B       <none>\n"
+        );
+        assert_eq!(text, expected, "\n{text}");
+    }
+
+    #[test]
+    fn peers_wide_has_keys_and_counts() {
+        let source = FakeSource::new();
+        let text = peers(&source.peers(), OutputFormat::Wide, HANDSHAKE_MS + 184_000).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("PEER        PUBLIC KEY"), "{text}");
+        assert!(lines[0].contains("KEEPALIVE   HANDSHAKES   DROPPED   ALLOWED IPS"));
+        assert!(lines[1].contains(&peer_key(1)));
+        assert!(lines[1].contains("3m4s ago"));
+        assert!(lines[1].contains(" 25s "));
+        assert!(lines[2].contains(" off "));
+        // dropped sums reasons: 2 + 1
+        let columns: Vec<&str> = lines[1].split("   ").map(str::trim).collect();
+        assert!(columns.contains(&"3"), "{columns:?}");
+        assert!(lines[3].contains(" 7 "));
+    }
+
+    #[test]
+    fn peers_json_and_yaml_are_exact() {
+        let source = FakeSource::new();
+        let json = peers(&source.peers(), OutputFormat::Json, 0).unwrap();
+        let back: Vec<PeerInfo> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, source.peers());
+        assert!(json.contains("\"rx_bytes\": 1258291"));
+        let yaml = peers(&source.peers(), OutputFormat::Yaml, 0).unwrap();
+        let back: Vec<PeerInfo> = serde_yaml_ng::from_str(&yaml).unwrap();
+        assert_eq!(back, source.peers());
+        assert!(yaml.contains("rx_bytes: 1258291"));
+    }
+
+    #[test]
+    fn no_peers() {
+        assert_eq!(
+            peers(&[], OutputFormat::Table, 0).unwrap(),
+            "no peers configured\n"
+        );
+        assert_eq!(peers(&[], OutputFormat::Json, 0).unwrap(), "[]\n");
+    }
+
+    #[test]
+    fn status_table_and_wide() {
+        let status_ = FakeSource::new().status();
+        let text = status(&status_, OutputFormat::Table).unwrap();
+        assert_eq!(
+            text,
+            "interface:      isthmus0\n\
+             public key:     GoKOHKmMnVDs1HlV8C09+3O8llMmkEQGWeuCgowTf0g=\n\
+             listening port: 51820\n\
+             addresses:      10.99.0.1/32, fd99::1/128\n\
+             mtu:            1420\n\
+             peers:          1/3 connected\n\
+             uptime:         1d2h\n\
+             offloads:       gro on, gso off\n\
+             dropped:        bad_source 2, decrypt 1, no_route 5\n"
+        );
+        let wide = status(&status_, OutputFormat::Wide).unwrap();
+        assert!(wide.starts_with(&text));
+        assert!(wide.ends_with(
+            "pid:            4242\n\
+             version:        0.1.0\n\
+             config:         /etc/isthmus/gateway.toml\n"
+        ));
+        let json = status(&status_, OutputFormat::Json).unwrap();
+        let back: InterfaceStatus = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, status_);
+        let yaml = status(&status_, OutputFormat::Yaml).unwrap();
+        let back: InterfaceStatus = serde_yaml_ng::from_str(&yaml).unwrap();
+        assert_eq!(back, status_);
+    }
+}

@@ -1,0 +1,313 @@
+//! The process shell: brings the interface up from a validated [`Config`], runs the data plane
+//! and the operator interfaces, reloads peers on SIGHUP and removes everything on SIGTERM/SIGINT.
+
+use crate::admin::proto::{InterfaceStatus, PeerInfo, PeerState};
+use crate::admin::AdminSource;
+use crate::config::Config;
+use crate::dataplane::io::{self, Udp};
+use crate::dataplane::Engine;
+use crate::netlink::{routable, LinkControl, Netlink};
+use anyhow::Context as _;
+use ipnet::IpNet;
+use parking_lot::RwLock;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+use tokio::signal::unix::{signal, SignalKind};
+
+/// What the admin interfaces read: the engine plus the configuration in force.
+pub struct DaemonState {
+    pub engine: Arc<Engine>,
+    config: RwLock<Config>,
+    started: Instant,
+    offloads: BTreeMap<String, bool>,
+    listen_port: u16,
+}
+
+impl AdminSource for DaemonState {
+    fn peers(&self) -> Vec<PeerInfo> {
+        let now = SystemTime::now();
+        self.engine
+            .peers()
+            .list
+            .iter()
+            .map(|p| p.info(now))
+            .collect()
+    }
+
+    fn status(&self) -> InterfaceStatus {
+        let cfg = self.config.read();
+        let peers = self.peers();
+        InterfaceStatus {
+            name: cfg.interface.name.clone(),
+            public_key: self.engine.public_key().to_base64(),
+            listen_port: self.listen_port,
+            addresses: cfg
+                .interface
+                .addresses
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
+            mtu: cfg.interface.mtu,
+            peers: peers.len(),
+            connected_peers: peers
+                .iter()
+                .filter(|p| p.status == PeerState::Connected)
+                .count(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            pid: std::process::id(),
+            daemon_version: env!("CARGO_PKG_VERSION").to_string(),
+            config_file: cfg.source.display().to_string(),
+            offloads: self.offloads.clone(),
+            dropped: self.engine.drops.snapshot(),
+        }
+    }
+
+    fn private_key_hex(&self) -> String {
+        self.engine.private_key().to_hex()
+    }
+}
+
+/// Routes the kernel should have through the interface for `config`.
+fn wanted_routes(config: &Config) -> BTreeSet<IpNet> {
+    if !config.interface.routes {
+        return BTreeSet::new();
+    }
+    let all: Vec<IpNet> = config
+        .peers
+        .iter()
+        .flat_map(|p| p.allowed_ips.clone())
+        .collect();
+    let (routes, skipped) = routable(&all);
+    for s in skipped {
+        tracing::warn!(prefix = %s, "not routing a default route through the tunnel; add policy routing yourself");
+    }
+    routes.into_iter().collect()
+}
+
+/// Runs the gateway until SIGTERM/SIGINT. Anything created is removed before returning, also
+/// when start-up fails half way.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let name = config.interface.name.clone();
+    // The UDP port first: a port in use must fail before any interface exists.
+    let udp = Arc::new(
+        Udp::bind(config.interface.listen_port, &config.dataplane)
+            .with_context(|| format!("failed to bind UDP port {}", config.interface.listen_port))?,
+    );
+    let listen_port = udp.local_port()?;
+
+    let (tun, offload) = create_tun(&name, config.dataplane.tun_offload)
+        .with_context(|| format!("failed to create TUN device {name}"))?;
+    let tun = Arc::new(tun);
+    let nl = Netlink::connect()?;
+    let index = configure_link(&nl, &config)
+        .await
+        .with_context(|| format!("failed to configure {name}"))?;
+    let mut routes = BTreeSet::new();
+    for net in wanted_routes(&config) {
+        nl.replace_route(index, net)
+            .await
+            .with_context(|| format!("failed to configure {name}"))?;
+        routes.insert(net);
+    }
+
+    let engine = Arc::new(Engine::new(
+        config.interface.private_key.clone(),
+        &config.peers,
+    ));
+    let offloads = BTreeMap::from([
+        ("tun_offload".to_string(), offload),
+        ("udp_gso".to_string(), udp.gso_segments() > 1),
+        (
+            "udp_gro".to_string(),
+            config.dataplane.udp_gro && udp.gro_segments() > 1,
+        ),
+    ]);
+    let state = Arc::new(DaemonState {
+        engine: engine.clone(),
+        config: RwLock::new(config.clone()),
+        started: Instant::now(),
+        offloads: offloads.clone(),
+        listen_port,
+    });
+    let running = io::start(
+        engine.clone(),
+        tun.clone(),
+        udp.clone(),
+        usize::from(config.interface.mtu),
+        offload,
+    );
+
+    let admin = crate::admin::server::serve_admin(&config.admin.socket, state.clone())
+        .await
+        .context("failed to start the admin socket")?;
+    let uapi = if config.admin.uapi {
+        let path = config.admin.uapi_socket(&name);
+        match crate::admin::uapi::serve_uapi(&path, state.clone()).await {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = format!("{e:#}"), "WireGuard UAPI socket not available");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let metrics = match config.admin.metrics_listen {
+        Some(addr) => Some(
+            crate::admin::metrics::serve_metrics(addr, state.clone())
+                .await
+                .with_context(|| format!("failed to serve metrics on {addr}"))?,
+        ),
+        None => None,
+    };
+    tracing::info!(
+        interface = %name, port = listen_port, peers = config.peers.len(),
+        public_key = %engine.public_key(), ?offloads, "isthmus-gateway running"
+    );
+
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => reload(&state, &nl, index, &mut routes).await,
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+
+    tracing::info!(interface = %name, "shutting down");
+    running.stop().await;
+    admin.shutdown().await;
+    if let Some(u) = uapi {
+        u.shutdown().await;
+    }
+    if let Some(m) = metrics {
+        m.shutdown().await;
+    }
+    for net in &routes {
+        if let Err(e) = nl.delete_route(index, *net).await {
+            tracing::warn!(error = format!("{e:#}"), "route removal failed");
+        }
+    }
+    // Closing the last descriptor of a non-persistent TUN device deletes the interface.
+    drop(state);
+    drop(engine);
+    drop(tun);
+    wait_link_gone(&nl, &name).await;
+    tracing::info!(interface = %name, "stopped");
+    Ok(())
+}
+
+fn create_tun(name: &str, offload: bool) -> std::io::Result<(tun_rs::AsyncDevice, bool)> {
+    let build = |offload: bool| {
+        tun_rs::DeviceBuilder::new()
+            .name(name)
+            .offload(offload)
+            .build_async()
+    };
+    if offload {
+        match build(true) {
+            Ok(d) => return Ok((d, true)),
+            Err(e) => tracing::warn!(error = %e, "TUN offload unavailable; continuing without it"),
+        }
+    }
+    build(false).map(|d| (d, false))
+}
+
+async fn configure_link(nl: &impl LinkControl, config: &Config) -> anyhow::Result<u32> {
+    let index = nl.link_index(&config.interface.name).await?;
+    nl.set_mtu(index, u32::from(config.interface.mtu)).await?;
+    for a in &config.interface.addresses {
+        nl.add_address(index, *a).await?;
+    }
+    nl.set_up(index).await?;
+    Ok(index)
+}
+
+async fn wait_link_gone(nl: &impl LinkControl, name: &str) {
+    for _ in 0..50 {
+        if nl.link_index(name).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    tracing::warn!(interface = %name, "interface still present after shutdown");
+}
+
+/// SIGHUP: re-read the file; apply peer changes atomically, or keep everything on error.
+async fn reload(
+    state: &DaemonState,
+    nl: &impl LinkControl,
+    index: u32,
+    routes: &mut BTreeSet<IpNet>,
+) {
+    let path = state.config.read().source.clone();
+    let new = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "reload refused; the running configuration is unchanged");
+            return;
+        }
+    };
+    {
+        let old = state.config.read();
+        let i_old = &old.interface;
+        let i_new = &new.interface;
+        let mut ignored = Vec::new();
+        if i_old.name != i_new.name {
+            ignored.push("interface.name");
+        }
+        if i_old.private_key.public_key() != i_new.private_key.public_key() {
+            ignored.push("interface.private_key_file");
+        }
+        if i_old.listen_port != i_new.listen_port {
+            ignored.push("interface.listen_port");
+        }
+        if i_old.addresses != i_new.addresses {
+            ignored.push("interface.address");
+        }
+        if i_old.mtu != i_new.mtu {
+            ignored.push("interface.mtu");
+        }
+        if old.admin != new.admin || old.dataplane != new.dataplane {
+            ignored.push("[admin]/[dataplane]");
+        }
+        if !ignored.is_empty() {
+            tracing::warn!(fields = ?ignored, "these changes take effect only after a restart");
+        }
+    }
+    let diff = state.engine.apply_peers(&new.peers);
+    let wanted = wanted_routes(&new);
+    for net in wanted.difference(routes).copied().collect::<Vec<_>>() {
+        match nl.replace_route(index, net).await {
+            Ok(()) => {
+                routes.insert(net);
+            }
+            Err(e) => {
+                tracing::error!(prefix = %net, error = format!("{e:#}"), "adding route failed")
+            }
+        }
+    }
+    for net in routes.difference(&wanted).copied().collect::<Vec<_>>() {
+        match nl.delete_route(index, net).await {
+            Ok(()) => {
+                routes.remove(&net);
+            }
+            Err(e) => {
+                tracing::error!(prefix = %net, error = format!("{e:#}"), "removing route failed")
+            }
+        }
+    }
+    let mut cfg = state.config.write();
+    // Only the peers were applied; the rest keeps its running values until a restart.
+    cfg.peers = new.peers;
+    tracing::info!(
+        added = diff.added.len(),
+        removed = diff.removed.len(),
+        restarted = diff.restarted.len(),
+        kept = diff.kept.len(),
+        "configuration reloaded"
+    );
+}

@@ -1,0 +1,438 @@
+//! The packet logic with no I/O: which peer a packet goes to, what comes out of boringtun,
+//! what is dropped and why. The I/O shell (`io.rs`) feeds it batches and drains its queues.
+
+use super::drops::{DropCounters, DropReason};
+use super::peer::Peer;
+use super::queue::{RxQueue, TxQueue};
+use super::router::AllowedIps;
+use crate::config::PeerConfig;
+use crate::keys::{PrivateKey, PublicKey};
+use arc_swap::ArcSwap;
+use boringtun::noise::errors::WireGuardError;
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use ipnet::IpNet;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// Handshakes per second before the responder demands cookies (WireGuard paper §5.3).
+pub const HANDSHAKE_RATE_LIMIT: u64 = 100;
+
+/// WireGuard message type 4 (transport data) and its fixed overhead (header 16 + tag 16).
+const MSG_DATA: u8 = 4;
+const DATA_OVERHEAD: usize = 32;
+
+/// The peers in force; replaced whole on reload so the packet path never sees a half-applied set.
+#[derive(Default)]
+pub struct PeerSet {
+    pub list: Vec<Arc<Peer>>,
+    by_index: HashMap<u32, Arc<Peer>>,
+    by_key: HashMap<PublicKey, Arc<Peer>>,
+    router: AllowedIps<Arc<Peer>>,
+}
+
+impl PeerSet {
+    pub fn by_key(&self, key: &PublicKey) -> Option<&Arc<Peer>> {
+        self.by_key.get(key)
+    }
+
+    pub fn route(&self, dst: IpAddr) -> Option<&Arc<Peer>> {
+        self.router.lookup(dst)
+    }
+}
+
+/// What a reload changed, for the route programming around it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PeerDiff {
+    pub added: Vec<PublicKey>,
+    pub removed: Vec<PublicKey>,
+    /// Peers whose sessions had to restart (key material or keepalive changed).
+    pub restarted: Vec<PublicKey>,
+    pub kept: Vec<PublicKey>,
+}
+
+pub struct Engine {
+    private: PrivateKey,
+    static_public: x25519_dalek::PublicKey,
+    peers: ArcSwap<PeerSet>,
+    rate_limiter: Arc<RateLimiter>,
+    next_index: AtomicU32,
+    pub drops: DropCounters,
+}
+
+fn drop_reason(e: &WireGuardError) -> DropReason {
+    match e {
+        WireGuardError::InvalidMac | WireGuardError::InvalidAeadTag | WireGuardError::WrongKey => {
+            DropReason::AuthFailed
+        }
+        WireGuardError::DuplicateCounter | WireGuardError::InvalidCounter => DropReason::Replay,
+        WireGuardError::UnderLoad => DropReason::UnderLoad,
+        WireGuardError::WrongIndex
+        | WireGuardError::WrongTai64nTimestamp
+        | WireGuardError::InvalidTai64nTimestamp
+        | WireGuardError::UnexpectedPacket
+        | WireGuardError::NoCurrentSession
+        | WireGuardError::ConnectionExpired => DropReason::HandshakeRejected,
+        WireGuardError::InvalidPacket => DropReason::BadInnerPacket,
+        _ => DropReason::Malformed,
+    }
+}
+
+impl Engine {
+    pub fn new(private: PrivateKey, peers: &[PeerConfig]) -> Self {
+        let static_public = x25519_dalek::PublicKey::from(private.secret());
+        let rate_limiter = Arc::new(RateLimiter::new(&static_public, HANDSHAKE_RATE_LIMIT));
+        let engine = Self {
+            private,
+            static_public,
+            peers: ArcSwap::from_pointee(PeerSet::default()),
+            rate_limiter,
+            // Index 0 is never handed out, so a zeroed receiver index never matches.
+            next_index: AtomicU32::new(1),
+            drops: DropCounters::default(),
+        };
+        engine.apply_peers(peers);
+        engine
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        self.private.public_key()
+    }
+
+    pub fn private_key(&self) -> &PrivateKey {
+        &self.private
+    }
+
+    pub fn peers(&self) -> arc_swap::Guard<Arc<PeerSet>> {
+        self.peers.load()
+    }
+
+    fn new_tunn(&self, config: &PeerConfig, index: u32) -> Tunn {
+        Tunn::new(
+            self.private.secret().clone(),
+            config.public_key.to_dalek(),
+            config.preshared_key,
+            config.persistent_keepalive,
+            index,
+            Some(self.rate_limiter.clone()),
+        )
+    }
+
+    fn fresh_index(&self) -> u32 {
+        // 24 bits: boringtun keeps the low 8 bits of a receiver index for the session.
+        self.next_index.fetch_add(1, Ordering::Relaxed) & 0x00ff_ffff
+    }
+
+    /// Replaces the peer set. Peers whose key, preshared key and keepalive are unchanged keep
+    /// their `Tunn` and so their sessions; their endpoint, name and prefixes are updated.
+    pub fn apply_peers(&self, configs: &[PeerConfig]) -> PeerDiff {
+        let old = self.peers.load_full();
+        let mut diff = PeerDiff::default();
+        let mut next = PeerSet::default();
+        for c in configs {
+            let peer = match old.by_key.get(&c.public_key) {
+                Some(p) if p.session_compatible(c) => {
+                    p.update_meta(c);
+                    diff.kept.push(c.public_key);
+                    p.clone()
+                }
+                existing => {
+                    if existing.is_some() {
+                        diff.restarted.push(c.public_key);
+                    } else {
+                        diff.added.push(c.public_key);
+                    }
+                    let index = self.fresh_index();
+                    Arc::new(Peer::new(index, c, self.new_tunn(c, index)))
+                }
+            };
+            for net in &c.allowed_ips {
+                next.router.insert(*net, peer.clone());
+            }
+            next.by_index.insert(peer.index, peer.clone());
+            next.by_key.insert(peer.public_key, peer.clone());
+            next.list.push(peer);
+        }
+        for key in old.by_key.keys() {
+            if !next.by_key.contains_key(key) {
+                diff.removed.push(*key);
+            }
+        }
+        self.peers.store(Arc::new(next));
+        diff
+    }
+
+    /// Encrypts one packet read from the TUN device into `tx`.
+    pub fn encapsulate(&self, packet: &[u8], tx: &mut TxQueue, now: SystemTime) {
+        let Some(dst) = Tunn::dst_address(packet) else {
+            self.drops.inc(DropReason::BadInnerPacket);
+            return;
+        };
+        let peers = self.peers.load();
+        let Some(peer) = peers.route(dst) else {
+            self.drops.inc(DropReason::NoRoute);
+            return;
+        };
+        let Some(endpoint) = peer.endpoint() else {
+            peer.count_drop(DropReason::NoEndpoint, &self.drops);
+            return;
+        };
+        let result = {
+            let slot = tx.slot();
+            // boringtun panics on a short buffer; the shell flushes before this can happen.
+            if slot.len() < (packet.len() + DATA_OVERHEAD + 16).max(148) {
+                peer.count_drop(DropReason::BadInnerPacket, &self.drops);
+                return;
+            }
+            let mut tunn = peer.tunn.lock();
+            match tunn.encapsulate(packet, slot) {
+                TunnResult::WriteToNetwork(out) => Ok(out.len()),
+                TunnResult::Err(e) => Err(drop_reason(&e)),
+                // Queued inside Tunn until a handshake completes.
+                _ => return,
+            }
+        };
+        match result {
+            Ok(len) => {
+                self.count_tx(peer, tx.slot(), len);
+                tx.commit(endpoint, len, Some(peer));
+            }
+            Err(reason) => peer.count_drop(reason, &self.drops),
+        }
+        let _ = now;
+    }
+
+    fn count_tx(&self, peer: &Peer, datagram: &[u8], len: usize) {
+        peer.stats
+            .tx_wire_bytes
+            .fetch_add(len as u64, Ordering::Relaxed);
+        if datagram[0] == MSG_DATA && len > DATA_OVERHEAD {
+            peer.stats.tx_packets.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Handles one datagram from `src`: decrypted packets go to `rx`, replies to `tx`.
+    pub fn decapsulate(
+        &self,
+        src: SocketAddr,
+        datagram: &[u8],
+        rx: &mut RxQueue,
+        tx: &mut TxQueue,
+        now: SystemTime,
+    ) {
+        let packet = match Tunn::parse_incoming_packet(datagram) {
+            Ok(p) => p,
+            Err(_) => {
+                self.drops.inc(DropReason::Malformed);
+                return;
+            }
+        };
+        let peers = self.peers.load();
+        let peer = match packet {
+            Packet::HandshakeInit(_) => {
+                // MACs (and, under load, the cookie) are checked before the costly DH below.
+                let verified = {
+                    let slot = tx.slot();
+                    match self
+                        .rate_limiter
+                        .verify_packet(Some(src.ip()), datagram, slot)
+                    {
+                        Ok(p) => Ok(p),
+                        Err(TunnResult::WriteToNetwork(cookie)) => Err(Some(cookie.len())),
+                        Err(TunnResult::Err(e)) => {
+                            self.drops.inc(drop_reason(&e));
+                            return;
+                        }
+                        Err(_) => Err(None),
+                    }
+                };
+                let init = match verified {
+                    Ok(Packet::HandshakeInit(init)) => init,
+                    Ok(_) | Err(None) => return,
+                    Err(Some(cookie_len)) => {
+                        self.drops.inc(DropReason::UnderLoad);
+                        tx.commit(src, cookie_len, None);
+                        return;
+                    }
+                };
+                let half =
+                    match parse_handshake_anon(self.private.secret(), &self.static_public, &init) {
+                        Ok(h) => h,
+                        Err(e) => {
+                            self.drops.inc(drop_reason(&e));
+                            return;
+                        }
+                    };
+                match peers.by_key(&PublicKey::from_bytes(half.peer_static_public)) {
+                    Some(p) => p,
+                    None => {
+                        self.drops.inc(DropReason::UnknownPeer);
+                        return;
+                    }
+                }
+            }
+            Packet::HandshakeResponse(p) => match peers.by_index.get(&(p.receiver_idx >> 8)) {
+                Some(peer) => peer,
+                None => {
+                    self.drops.inc(DropReason::UnknownPeer);
+                    return;
+                }
+            },
+            Packet::PacketCookieReply(p) => match peers.by_index.get(&(p.receiver_idx >> 8)) {
+                Some(peer) => peer,
+                None => {
+                    self.drops.inc(DropReason::UnknownPeer);
+                    return;
+                }
+            },
+            Packet::PacketData(p) => match peers.by_index.get(&(p.receiver_idx >> 8)) {
+                Some(peer) => peer,
+                None => {
+                    self.drops.inc(DropReason::UnknownPeer);
+                    return;
+                }
+            },
+        };
+        self.decapsulate_for(peer, &peers, src, datagram, rx, tx, now);
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the packet path passes its buffers explicitly"
+    )]
+    fn decapsulate_for(
+        &self,
+        peer: &Arc<Peer>,
+        peers: &PeerSet,
+        src: SocketAddr,
+        datagram: &[u8],
+        rx: &mut RxQueue,
+        tx: &mut TxQueue,
+        now: SystemTime,
+    ) {
+        enum Out {
+            Net(usize),
+            Tun(usize, IpAddr),
+            Nothing,
+        }
+        let mut tunn = peer.tunn.lock();
+        let out = if rx.is_full() {
+            // The shell drains before this happens; stay safe if it ever does not.
+            return;
+        } else {
+            let slot = rx.slot(datagram.len());
+            match tunn.decapsulate(Some(src.ip()), datagram, slot) {
+                TunnResult::Done => Out::Nothing,
+                TunnResult::Err(e) => {
+                    drop(tunn);
+                    peer.count_drop(drop_reason(&e), &self.drops);
+                    return;
+                }
+                TunnResult::WriteToNetwork(out) => {
+                    let n = out.len();
+                    tx.slot()[..n].copy_from_slice(out);
+                    Out::Net(n)
+                }
+                TunnResult::WriteToTunnelV4(out, ip) => Out::Tun(out.len(), IpAddr::V4(ip)),
+                TunnResult::WriteToTunnelV6(out, ip) => Out::Tun(out.len(), IpAddr::V6(ip)),
+            }
+        };
+        // Authenticated: the datagram's source is where this peer now is.
+        peer.set_endpoint(src);
+        peer.stats
+            .rx_wire_bytes
+            .fetch_add(datagram.len() as u64, Ordering::Relaxed);
+        match out {
+            Out::Nothing => {}
+            Out::Net(n) => {
+                tx.commit(src, n, Some(peer));
+                // A completed handshake may release packets queued while it ran.
+                loop {
+                    if tx.is_full() {
+                        break;
+                    }
+                    let slot = tx.slot();
+                    match tunn.decapsulate(None, &[], slot) {
+                        TunnResult::WriteToNetwork(out) => {
+                            let n = out.len();
+                            self.count_tx(peer, tx.slot(), n);
+                            tx.commit(src, n, Some(peer));
+                        }
+                        _ => break,
+                    }
+                }
+            }
+            Out::Tun(n, inner_src) => {
+                drop(tunn);
+                let allowed = peers
+                    .route(inner_src)
+                    .is_some_and(|owner| Arc::ptr_eq(owner, peer));
+                if !allowed {
+                    tracing::trace!(peer = %peer.public_key.short(), src = %inner_src, "inner source not allowed for peer");
+                    peer.count_drop(DropReason::SourceNotAllowed, &self.drops);
+                    return;
+                }
+                peer.stats.rx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                peer.stats.rx_packets.fetch_add(1, Ordering::Relaxed);
+                rx.commit(n, peer);
+            }
+        }
+        let _ = now;
+    }
+
+    /// Runs every peer's timers (handshake retries, rekeys, keepalives); call about every
+    /// 250 ms. Resets the handshake rate limiter when `reset_rate_limit` is set (every second).
+    pub fn tick(&self, tx: &mut TxQueue, now: SystemTime, reset_rate_limit: bool) {
+        if reset_rate_limit {
+            self.rate_limiter.reset_count();
+        }
+        let peers = self.peers.load();
+        for peer in &peers.list {
+            if tx.is_full() {
+                break;
+            }
+            let mut tunn = peer.tunn.lock();
+            let kick = peer.initiate.swap(false, Ordering::Relaxed) && peer.endpoint().is_some();
+            let outcome = if kick {
+                tunn.format_handshake_initiation(tx.slot(), false)
+            } else {
+                tunn.update_timers(tx.slot())
+            };
+            let result = match outcome {
+                TunnResult::WriteToNetwork(out) => Ok(out.len()),
+                TunnResult::Err(WireGuardError::ConnectionExpired) => Err(true),
+                _ => Err(false),
+            };
+            let since = tunn.stats().0;
+            drop(tunn);
+            peer.observe_handshake(now, since);
+            match result {
+                Ok(len) => {
+                    if let Some(ep) = peer.endpoint() {
+                        self.count_tx(peer, tx.slot(), len);
+                        tx.commit(ep, len, Some(peer));
+                    }
+                }
+                Err(true) => peer.note_expired(),
+                Err(false) => {}
+            }
+        }
+    }
+
+    /// Prefixes every peer routes, for the kernel routing table.
+    pub fn routed_prefixes(&self) -> Vec<IpNet> {
+        self.peers
+            .load()
+            .list
+            .iter()
+            .flat_map(|p| p.allowed_ips())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,236 @@
+//! One remote gateway: its boringtun `Tunn`, its current endpoint, its counters and health.
+
+use super::drops::{DropCounters, DropReason};
+use crate::admin::proto::{PeerInfo, PeerState};
+use crate::config::PeerConfig;
+use crate::keys::PublicKey;
+use boringtun::noise::Tunn;
+use ipnet::IpNet;
+use parking_lot::{Mutex, RwLock};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A session older than this is dead (WireGuard paper §6.1, Reject-After-Time).
+pub const REJECT_AFTER_TIME: Duration = Duration::from_secs(180);
+/// Handshake retries stop after this long without an answer (§6.4, Rekey-Attempt-Time).
+pub const REKEY_ATTEMPT_TIME: Duration = Duration::from_secs(90);
+
+#[derive(Debug, Default)]
+pub struct PeerStats {
+    pub rx_bytes: AtomicU64,
+    pub rx_packets: AtomicU64,
+    pub tx_packets: AtomicU64,
+    pub rx_wire_bytes: AtomicU64,
+    pub tx_wire_bytes: AtomicU64,
+    pub handshakes: AtomicU64,
+}
+
+/// What the operator sees about a peer besides counters; changed by reloads and timers.
+#[derive(Debug, Default)]
+struct Health {
+    last_handshake: Option<SystemTime>,
+    /// Set when handshakes were given up (Rekey-Attempt-Time passed with no answer).
+    expired: bool,
+    last_send_error: Option<(SystemTime, String)>,
+}
+
+#[derive(Debug, Clone)]
+struct Meta {
+    name: Option<String>,
+    allowed_ips: Vec<IpNet>,
+    configured_endpoint: Option<SocketAddr>,
+}
+
+pub struct Peer {
+    /// Our local index for this peer; the upper 24 bits of every receiver index we hand out.
+    pub index: u32,
+    pub public_key: PublicKey,
+    pub preshared_key: Option<[u8; 32]>,
+    pub persistent_keepalive: Option<u16>,
+    pub(super) tunn: Mutex<Tunn>,
+    endpoint: RwLock<Option<SocketAddr>>,
+    meta: RwLock<Meta>,
+    pub stats: PeerStats,
+    pub drops: DropCounters,
+    health: Mutex<Health>,
+    /// Start a handshake at the next timer tick instead of waiting for traffic, so a restarted
+    /// gateway is reachable again at once (its peers' old sessions died with its state).
+    pub(super) initiate: AtomicBool,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer")
+            .field("index", &self.index)
+            .field("public_key", &self.public_key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Peer {
+    pub(super) fn new(index: u32, config: &PeerConfig, tunn: Tunn) -> Self {
+        Self {
+            index,
+            public_key: config.public_key,
+            preshared_key: config.preshared_key,
+            persistent_keepalive: config.persistent_keepalive,
+            tunn: Mutex::new(tunn),
+            endpoint: RwLock::new(config.endpoint),
+            meta: RwLock::new(Meta {
+                name: config.name.clone(),
+                allowed_ips: config.allowed_ips.clone(),
+                configured_endpoint: config.endpoint,
+            }),
+            stats: PeerStats::default(),
+            drops: DropCounters::default(),
+            health: Mutex::new(Health::default()),
+            initiate: AtomicBool::new(config.endpoint.is_some()),
+        }
+    }
+
+    /// Whether a reload may keep this peer's sessions: the parts baked into its `Tunn` match.
+    pub(super) fn session_compatible(&self, config: &PeerConfig) -> bool {
+        self.public_key == config.public_key
+            && self.preshared_key == config.preshared_key
+            && self.persistent_keepalive == config.persistent_keepalive
+    }
+
+    /// Applies the reloadable parts of `config`. A changed configured endpoint replaces the
+    /// current (possibly roamed) one; an unchanged one leaves roaming alone.
+    pub(super) fn update_meta(&self, config: &PeerConfig) {
+        let mut meta = self.meta.write();
+        if meta.configured_endpoint != config.endpoint {
+            if let Some(ep) = config.endpoint {
+                *self.endpoint.write() = Some(ep);
+            }
+            meta.configured_endpoint = config.endpoint;
+        }
+        meta.name = config.name.clone();
+        meta.allowed_ips = config.allowed_ips.clone();
+    }
+
+    pub fn endpoint(&self) -> Option<SocketAddr> {
+        *self.endpoint.read()
+    }
+
+    /// Endpoint roaming (WireGuard paper §2.1): the source of the latest authenticated packet.
+    pub(super) fn set_endpoint(&self, addr: SocketAddr) {
+        if self.endpoint() != Some(addr) {
+            *self.endpoint.write() = Some(addr);
+            tracing::debug!(peer = %self.public_key.short(), endpoint = %addr, "peer endpoint changed");
+        }
+    }
+
+    pub fn name(&self) -> String {
+        self.meta
+            .read()
+            .name
+            .clone()
+            .unwrap_or_else(|| self.public_key.short())
+    }
+
+    pub fn allowed_ips(&self) -> Vec<IpNet> {
+        self.meta.read().allowed_ips.clone()
+    }
+
+    pub(super) fn count_drop(&self, reason: DropReason, iface: &DropCounters) {
+        self.drops.inc(reason);
+        iface.inc(reason);
+    }
+
+    pub(super) fn note_send_error(&self, now: SystemTime, error: &std::io::Error) {
+        self.health.lock().last_send_error = Some((now, error.to_string()));
+    }
+
+    pub(super) fn note_expired(&self) {
+        self.health.lock().expired = true;
+    }
+
+    /// Records a handshake completion seen through `Tunn`'s session age; counts new ones.
+    pub(super) fn observe_handshake(&self, now: SystemTime, since: Option<Duration>) {
+        let Some(since) = since else { return };
+        let at = now.checked_sub(since).unwrap_or(now);
+        let mut h = self.health.lock();
+        let newer = match h.last_handshake {
+            None => true,
+            // Session ages are kept at second granularity by boringtun's timers.
+            Some(prev) => at > prev + Duration::from_millis(1500),
+        };
+        if newer {
+            h.last_handshake = Some(at);
+            h.expired = false;
+            h.last_send_error = None;
+            self.stats.handshakes.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn last_handshake(&self) -> Option<SystemTime> {
+        self.health.lock().last_handshake
+    }
+
+    pub fn state(&self, now: SystemTime) -> (PeerState, Option<String>) {
+        let h = self.health.lock();
+        let fresh = h
+            .last_handshake
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|age| age < REJECT_AFTER_TIME);
+        if let Some((at, err)) = &h.last_send_error {
+            if now.duration_since(*at).unwrap_or_default() < Duration::from_secs(30) {
+                return (
+                    PeerState::Error,
+                    Some(format!("send to endpoint failed: {err}")),
+                );
+            }
+        }
+        if fresh {
+            return (PeerState::Connected, None);
+        }
+        if h.expired {
+            return (
+                PeerState::Error,
+                Some(format!(
+                    "no handshake answer for {} s",
+                    REKEY_ATTEMPT_TIME.as_secs()
+                )),
+            );
+        }
+        if self.endpoint().is_none() {
+            return (
+                PeerState::Connecting,
+                Some("no endpoint: waiting for the peer to connect".into()),
+            );
+        }
+        (PeerState::Connecting, None)
+    }
+
+    pub fn info(&self, now: SystemTime) -> PeerInfo {
+        let (status, status_reason) = self.state(now);
+        let (tx_bytes, keepalive) = {
+            let t = self.tunn.lock();
+            (t.stats().1 as u64, t.persistent_keepalive())
+        };
+        let meta = self.meta.read().clone();
+        PeerInfo {
+            public_key: self.public_key.to_base64(),
+            name: meta.name,
+            endpoint: self.endpoint().map(|e| e.to_string()),
+            status,
+            status_reason,
+            last_handshake_unix_ms: self
+                .last_handshake()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_millis() as u64),
+            rx_bytes: self.stats.rx_bytes.load(Ordering::Relaxed),
+            tx_bytes,
+            rx_wire_bytes: self.stats.rx_wire_bytes.load(Ordering::Relaxed),
+            tx_wire_bytes: self.stats.tx_wire_bytes.load(Ordering::Relaxed),
+            rx_packets: self.stats.rx_packets.load(Ordering::Relaxed),
+            tx_packets: self.stats.tx_packets.load(Ordering::Relaxed),
+            handshakes: self.stats.handshakes.load(Ordering::Relaxed),
+            allowed_ips: meta.allowed_ips.iter().map(|n| n.to_string()).collect(),
+            persistent_keepalive: keepalive,
+            dropped: self.drops.snapshot(),
+        }
+    }
+}

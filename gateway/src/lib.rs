@@ -1,0 +1,12 @@
+//! Isthmus gateway: a WireGuard-protocol tunnel endpoint that meshes cluster gateways.
+//!
+//! `dataplane` holds the packet path (sans-IO engine plus the tokio shell around TUN and UDP),
+//! `config` the validated configuration, `admin` the operator interfaces (admin socket, UAPI,
+//! metrics), `netlink` the kernel link/address/route programming, `daemon` the process shell.
+
+pub mod admin;
+pub mod config;
+pub mod daemon;
+pub mod dataplane;
+pub mod keys;
+pub mod netlink;

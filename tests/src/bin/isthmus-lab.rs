@@ -1,0 +1,262 @@
+//! `isthmus-lab run`: builds a namespace lab of N clusters, starts a real `isthmus-gateway` in
+//! each, proves every pod reaches every other cluster's pod through the tunnels, prints the
+//! result and `tunctl peers`, and tears everything down. Exits non-zero if anything failed.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use isthmus_lab::{plan, Lab, GATEWAY_BIN, TUNCTL_BIN};
+
+/// How long every pod pair gets to start answering once all gateways are up: the first
+/// packet of a pair waits for a WireGuard handshake.
+const PING_DEADLINE: Duration = Duration::from_secs(10);
+
+#[derive(Parser)]
+#[command(name = "isthmus-lab", about = "Namespace lab for Isthmus gateways")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build a lab, start a gateway per cluster, check pod-to-pod reachability, tear down.
+    Run {
+        /// Number of clusters.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(2..=200))]
+        clusters: u8,
+        /// Keep the lab up after the checks until Ctrl-C.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Remove labs left behind by runs that were killed.
+    Sweep,
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ISTHMUS_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Run { clusters, keep } => run(usize::from(clusters), keep),
+        Cmd::Sweep => sweep(),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("isthmus-lab: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn sweep() -> Result<bool> {
+    let removed = Lab::sweep_stale(plan::DEFAULT_PREFIX)?;
+    println!("removed {} stale namespaces", removed.len());
+    for ns in removed {
+        println!("  {ns}");
+    }
+    Ok(true)
+}
+
+/// Returns whether every check passed.
+fn run(clusters: usize, keep: bool) -> Result<bool> {
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    // Ctrl-C (and SIGTERM) end the run through the normal path, so `Lab`'s Drop tears down.
+    ctrlc::set_handler(move || {
+        INTERRUPTED.store(true, Ordering::SeqCst);
+        let _ = stop_tx.send(());
+    })
+    .context("failed to install the Ctrl-C handler")?;
+
+    let mut builder = Lab::builder().clusters(clusters);
+    if std::env::var_os("ISTHMUS_BIN_DIR").is_none() {
+        // Cargo builds the gateway and tunctl next to this binary.
+        let exe = std::env::current_exe().context("failed to locate isthmus-lab")?;
+        if let Some(dir) = exe.parent().filter(|d| d.join(GATEWAY_BIN).is_file()) {
+            builder = builder.bin_dir(dir);
+        }
+    }
+    let lab = builder.build().context("failed to build the lab")?;
+    lab.binary(GATEWAY_BIN)?;
+    lab.binary(TUNCTL_BIN)?;
+    println!(
+        "lab {} up: {clusters} clusters, files in {}",
+        lab.id(),
+        lab.dir().display()
+    );
+
+    for i in 1..=clusters {
+        check_interrupted()?;
+        lab.start_gateway(i)
+            .with_context(|| format!("failed to start the gateway of cluster {i}"))?;
+        println!(
+            "gateway c{i} up in {} (wan {}, mesh {})",
+            lab.gw_ns(i),
+            plan::wan_addr(i),
+            plan::mesh_addr(i)
+        );
+    }
+
+    let results = ping_matrix(&lab)?;
+    print_matrix(clusters, &results);
+    let pings_ok = results.iter().all(|r| r.ok);
+
+    println!("\ntunctl peers (cluster 1):");
+    let tunctl_ok = match lab.tunctl_text(1, &["peers"]) {
+        Ok(table) => {
+            print!("{table}");
+            true
+        }
+        Err(e) => {
+            println!("tunctl failed: {e:#}");
+            false
+        }
+    };
+
+    let ok = pings_ok && tunctl_ok;
+    if !ok {
+        eprintln!("\nsome checks failed; gateway logs follow");
+        lab.dump_gateway_logs();
+    }
+    if keep {
+        println!("\nlab kept up; namespaces:");
+        for ns in lab.namespaces() {
+            println!("  {ns}");
+        }
+        println!(
+            "e.g. `ip netns exec {} ping {}`",
+            lab.pod_ns(1),
+            plan::pod_addr(2)
+        );
+        println!("press Ctrl-C to tear down");
+        if !INTERRUPTED.load(Ordering::SeqCst) {
+            let _ = stop_rx.recv();
+        }
+    }
+    drop(lab);
+    println!(
+        "\n{}",
+        if ok {
+            "lab: all checks passed"
+        } else {
+            "lab: FAILED"
+        }
+    );
+    Ok(ok)
+}
+
+fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+struct PairResult {
+    from: usize,
+    to: usize,
+    ok: bool,
+    elapsed: Duration,
+    error: Option<String>,
+}
+
+/// Pings from every pod to every other cluster's pod, all pairs at once, each retrying until it
+/// gets a reply or [`PING_DEADLINE`] passes.
+fn ping_matrix(lab: &Lab) -> Result<Vec<PairResult>> {
+    let n = lab.clusters();
+    let pairs: Vec<(usize, usize)> = (1..=n)
+        .flat_map(|from| {
+            (1..=n)
+                .filter(move |&to| to != from)
+                .map(move |to| (from, to))
+        })
+        .collect();
+    let results = std::thread::scope(|s| {
+        let handles: Vec<_> = pairs
+            .iter()
+            .map(|&(from, to)| s.spawn(move || ping_pair(lab, from, to)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("ping thread panicked"))
+            .collect()
+    });
+    check_interrupted()?;
+    Ok(results)
+}
+
+fn ping_pair(lab: &Lab, from: usize, to: usize) -> PairResult {
+    let start = Instant::now();
+    let ns = lab.pod_ns(from);
+    let mut error = None;
+    while start.elapsed() < PING_DEADLINE && !INTERRUPTED.load(Ordering::SeqCst) {
+        match lab.ping(&ns, plan::pod_addr(to), 1) {
+            Ok(1..) => {
+                return PairResult {
+                    from,
+                    to,
+                    ok: true,
+                    elapsed: start.elapsed(),
+                    error: None,
+                }
+            }
+            Ok(0) => error = Some("no reply".to_owned()),
+            Err(e) => {
+                error = Some(format!("{e:#}"));
+                // An error (not a lost reply) returns at once; do not spin on it.
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+    PairResult {
+        from,
+        to,
+        ok: false,
+        elapsed: start.elapsed(),
+        error,
+    }
+}
+
+fn print_matrix(n: usize, results: &[PairResult]) {
+    println!("\npod -> pod ping (row: from, column: to; seconds to first reply)");
+    print!("{:>6}", "");
+    for to in 1..=n {
+        print!("{:>8}", format!("c{to}"));
+    }
+    println!();
+    for from in 1..=n {
+        print!("{:>6}", format!("c{from}"));
+        for to in 1..=n {
+            let cell = match results.iter().find(|r| r.from == from && r.to == to) {
+                None => "-".to_owned(),
+                Some(r) if r.ok => format!("{:.1}s", r.elapsed.as_secs_f64()),
+                Some(_) => "FAIL".to_owned(),
+            };
+            print!("{cell:>8}");
+        }
+        println!();
+    }
+    for r in results.iter().filter(|r| !r.ok) {
+        println!(
+            "  c{} ({}) -> c{} ({}): {}",
+            r.from,
+            plan::pod_addr(r.from),
+            r.to,
+            plan::pod_addr(r.to),
+            r.error.as_deref().unwrap_or("interrupted")
+        );
+    }
+}

@@ -1,0 +1,115 @@
+//! Network-namespace lab for Isthmus end-to-end tests and benches.
+//!
+//! [`Lab::builder`]`().clusters(n).build()` makes, for lab id `ID` (unique per lab, so tests
+//! run in parallel) and clusters `i = 1..=n`:
+//!
+//! ```text
+//!  ID-c{i}-pod            ID-c{i}-node                 ID-c{i}-gw                  ID-wan
+//!  eth0 10.i.1.2 ──── pod0 10.i.1.1                   wan0 10.255.0.(10+i) ──── c{i} ─ br0
+//!                     eth0 10.i.0.2 ──────────────── lan0 10.i.0.1
+//!  default via 10.i.1.1   default via 10.i.0.1        10.i.1.0/24 via 10.i.0.2
+//! ```
+//!
+//! Gateway and node forward IPv4. Nothing routes between clusters until gateways run:
+//! [`Lab::start_gateway`] starts the real `isthmus-gateway` with a config from
+//! [`Lab::gateway_config`], and [`Lab::tunctl`] queries it. Addresses come from [`plan`].
+//!
+//! Contract:
+//! - Building needs root and fails with a clear error without it; root-only tests must not
+//!   skip, since CI runs as root.
+//! - Dropping the [`Lab`] kills every process it started and every process left in its
+//!   namespaces, then deletes the namespaces, the gateways' WireGuard sockets and its
+//!   temporary directory. This also runs while a test panics, after the logs of guarded
+//!   processes are printed. Drop [`ChildGuard`]s before their lab (declare them after it).
+//! - A run killed before `Drop` leaves its lab behind; the next build with the same prefix (or
+//!   [`Lab::sweep_stale`]) removes labs whose owner process is gone.
+
+mod config;
+mod gateway;
+mod lab;
+pub mod netns;
+mod ops;
+mod owner;
+pub mod plan;
+mod process;
+
+use std::time::{Duration, Instant};
+
+pub use config::{
+    key_path, AdminConfig, GatewayConfig, InterfaceConfig, KeyPair, PeerConfig,
+    PERSISTENT_KEEPALIVE, TUNNEL_MTU,
+};
+pub use gateway::{GATEWAY_BIN, START_TIMEOUT, STOP_TIMEOUT, TUNCTL_BIN};
+pub use lab::{
+    default_bin_dir, Lab, LabBuilder, ETH_IF, GW_LAN_IF, GW_WAN_IF, NODE_POD_IF, WAN_BRIDGE,
+};
+pub use owner::{require_root, sweep_stale, RUN_DIR, WG_SOCKET_DIR};
+pub use plan::LabId;
+pub use process::{send_signal, ChildGuard, Signal};
+
+/// How often [`wait_for`] re-evaluates its condition.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Polls `cond` every 100 ms until it holds (true) or `timeout` passes (false). `cond` is
+/// always evaluated at least once, and once more at the deadline.
+pub fn wait_for(mut cond: impl FnMut() -> bool, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        std::thread::sleep(POLL_INTERVAL.min(deadline - now));
+    }
+}
+
+/// [`wait_for`] as a `Result`: the error names `what` was awaited and for how long.
+pub fn try_wait_for(
+    what: &str,
+    cond: impl FnMut() -> bool,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        wait_for(cond, timeout),
+        "timed out after {timeout:?} waiting for {what}"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_for_sees_a_condition_turn_true() {
+        let mut calls = 0;
+        assert!(wait_for(
+            || {
+                calls += 1;
+                calls == 3
+            },
+            Duration::from_secs(5)
+        ));
+        assert_eq!(calls, 3);
+    }
+
+    #[test]
+    fn wait_for_gives_up_at_the_deadline() {
+        let start = Instant::now();
+        let mut calls = 0;
+        assert!(!wait_for(
+            || {
+                calls += 1;
+                false
+            },
+            Duration::from_millis(250)
+        ));
+        assert!(start.elapsed() >= Duration::from_millis(250));
+        assert!(calls >= 3, "only {calls} evaluations");
+        let err = try_wait_for("nothing", || false, Duration::ZERO).unwrap_err();
+        assert_eq!(err.to_string(), "timed out after 0ns waiting for nothing");
+    }
+}
