@@ -5,15 +5,13 @@
 //! the listen backlog.
 
 use super::proto::{Request, Response, PROTOCOL_VERSION};
-use super::unix_socket::{bind_owner_only, linger, ServedSocket};
+use super::unix_socket::{accept_loop, bind_owner_only, linger, ServedSocket};
 use super::AdminSource;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
-use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
+use tokio::net::UnixStream;
 
 /// Longest request line accepted, newline included.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -46,34 +44,14 @@ impl AdminHandle {
 pub async fn serve_admin(path: &Path, source: Arc<dyn AdminSource>) -> anyhow::Result<AdminHandle> {
     let (listener, file) = bind_owner_only(path, "admin socket").await?;
     tracing::info!(path = %path.display(), "admin socket listening");
-    let task = tokio::spawn(accept_loop(listener, source));
+    let task = tokio::spawn(accept_loop(
+        listener,
+        source,
+        MAX_CONNECTIONS,
+        "admin socket",
+        |stream, source| async move { handle(stream, &*source).await },
+    ));
     Ok(AdminHandle(ServedSocket::new(task, file)))
-}
-
-async fn accept_loop(listener: UnixListener, source: Arc<dyn AdminSource>) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    // Owned here so aborting this task aborts every connection in flight.
-    let mut connections = JoinSet::new();
-    loop {
-        while connections.try_join_next().is_some() {}
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                let source = source.clone();
-                connections.spawn(async move {
-                    handle(stream, &*source).await;
-                    drop(permit);
-                });
-            }
-            Err(error) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(%error, "admin socket accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
 }
 
 async fn handle(stream: UnixStream, source: &dyn AdminSource) {

@@ -18,7 +18,7 @@
 //! kernel module and wireguard-go report, not the inner-packet counters `tunctl` shows.
 
 use super::proto::PeerInfo;
-use super::unix_socket::{bind_owner_only, linger, ServedSocket};
+use super::unix_socket::{accept_loop, bind_owner_only, linger, ServedSocket};
 use super::AdminSource;
 use crate::keys::PublicKey;
 use ipnet::IpNet;
@@ -29,9 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::unix::OwnedWriteHalf;
-use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
+use tokio::net::UnixStream;
 
 /// Time a client gets to send each operation (and the whole body of a `set`).
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -68,7 +66,13 @@ impl UapiHandle {
 pub async fn serve_uapi(path: &Path, source: Arc<dyn AdminSource>) -> anyhow::Result<UapiHandle> {
     let (listener, file) = bind_owner_only(path, "UAPI socket").await?;
     tracing::info!(path = %path.display(), "UAPI socket listening");
-    let task = tokio::spawn(accept_loop(listener, source));
+    let task = tokio::spawn(accept_loop(
+        listener,
+        source,
+        MAX_CONNECTIONS,
+        "UAPI socket",
+        |stream, source| async move { handle(stream, &*source).await },
+    ));
     Ok(UapiHandle(ServedSocket::new(task, file)))
 }
 
@@ -143,31 +147,6 @@ fn line(out: &mut String, key: &str, value: impl std::fmt::Display) {
 
 fn is_hex_key(text: &str) -> bool {
     text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-async fn accept_loop(listener: UnixListener, source: Arc<dyn AdminSource>) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    // Owned here so aborting this task aborts every connection in flight.
-    let mut connections = JoinSet::new();
-    loop {
-        while connections.try_join_next().is_some() {}
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                let source = source.clone();
-                connections.spawn(async move {
-                    handle(stream, &*source).await;
-                    drop(permit);
-                });
-            }
-            Err(error) => {
-                tracing::warn!(%error, "UAPI socket accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
 }
 
 enum Read {

@@ -5,15 +5,19 @@
 //! socket still has umask permissions. [`SocketFile`] unlinks the path when dropped, but only
 //! while the path still names the socket we bound (a second daemon may have replaced it).
 
+use super::AdminSource;
 use anyhow::{bail, Context as _};
 use std::fs::{self, DirBuilder, Permissions};
+use std::future::Future;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::task::JoinHandle;
+use tokio::sync::Semaphore;
+use tokio::task::{JoinHandle, JoinSet};
 
 /// A socket file plus the task serving it: aborting the task (on drop too) stops serving, and
 /// dropping the file unlinks it.
@@ -171,4 +175,40 @@ pub(crate) async fn linger<R: AsyncRead + Unpin>(reader: R) {
     let mut sink = tokio::io::sink();
     let mut limited = reader.take(MAX_BYTES);
     let _ = tokio::time::timeout(MAX_TIME, tokio::io::copy(&mut limited, &mut sink)).await;
+}
+
+/// Accepts connections on `listener` forever, at most `max` at a time, each handled by
+/// `handle`. Aborting the task that runs this aborts every connection in flight.
+pub(crate) async fn accept_loop<F, Fut>(
+    listener: UnixListener,
+    source: Arc<dyn AdminSource>,
+    max: usize,
+    what: &'static str,
+    handle: F,
+) where
+    F: Fn(UnixStream, Arc<dyn AdminSource>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(max));
+    let mut connections = JoinSet::new();
+    loop {
+        while connections.try_join_next().is_some() {}
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let conn = handle(stream, source.clone());
+                connections.spawn(async move {
+                    conn.await;
+                    drop(permit);
+                });
+            }
+            Err(error) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(%error, "{what} accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
 }

@@ -205,11 +205,14 @@ impl Peer {
     }
 
     pub fn info(&self, now: SystemTime) -> PeerInfo {
-        let (status, status_reason) = self.state(now);
-        let (tx_bytes, keepalive) = {
+        let (tx_bytes, keepalive, since) = {
             let t = self.tunn.lock();
-            (t.stats().1 as u64, t.persistent_keepalive())
+            let (since, tx, ..) = t.stats();
+            (tx as u64, t.persistent_keepalive(), since)
         };
+        // Between timer ticks a handshake may have completed; show it now.
+        self.observe_handshake(now, since);
+        let (status, status_reason) = self.state(now);
         let meta = self.meta.read().clone();
         PeerInfo {
             public_key: self.public_key.to_base64(),
