@@ -113,6 +113,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let engine = Arc::new(Engine::new(
         config.interface.private_key.clone(),
+        usize::from(config.interface.mtu),
         &config.peers,
     ));
     let offloads = BTreeMap::from([

@@ -61,6 +61,8 @@ pub struct Engine {
     peers: ArcSwap<PeerSet>,
     rate_limiter: Arc<RateLimiter>,
     next_index: AtomicU32,
+    /// Padding never takes a packet past the tunnel MTU.
+    mtu: usize,
     pub drops: DropCounters,
 }
 
@@ -83,7 +85,7 @@ fn drop_reason(e: &WireGuardError) -> DropReason {
 }
 
 impl Engine {
-    pub fn new(private: PrivateKey, peers: &[PeerConfig]) -> Self {
+    pub fn new(private: PrivateKey, mtu: usize, peers: &[PeerConfig]) -> Self {
         let static_public = x25519_dalek::PublicKey::from(private.secret());
         let rate_limiter = Arc::new(RateLimiter::new(&static_public, HANDSHAKE_RATE_LIMIT));
         let engine = Self {
@@ -93,6 +95,7 @@ impl Engine {
             rate_limiter,
             // Index 0 is never handed out, so a zeroed receiver index never matches.
             next_index: AtomicU32::new(1),
+            mtu,
             drops: DropCounters::default(),
         };
         engine.apply_peers(peers);
@@ -166,8 +169,18 @@ impl Engine {
         diff
     }
 
-    /// Encrypts one packet read from the TUN device into `tx`.
-    pub fn encapsulate(&self, packet: &[u8], tx: &mut TxQueue, now: SystemTime) {
+    /// Encrypts the packet `buf[..len]` read from the TUN device into `tx`. The plaintext is
+    /// zero-padded in place to a multiple of 16 bytes, capped at the MTU (WireGuard paper
+    /// §5.4.6), so the underlay shows less of the inner length; the receiver trims by the IP
+    /// header's length. `buf` may be longer than `len` to make room for the padding.
+    pub fn encapsulate(&self, buf: &mut [u8], len: usize, tx: &mut TxQueue, now: SystemTime) {
+        let padded = len
+            .next_multiple_of(16)
+            .min(self.mtu.max(len))
+            .min(buf.len());
+        buf[len..padded].fill(0);
+        let inner_len = len;
+        let packet = &buf[..padded];
         let Some(dst) = Tunn::dst_address(packet) else {
             self.drops.inc(DropReason::BadInnerPacket);
             return;
@@ -193,13 +206,18 @@ impl Engine {
                 TunnResult::WriteToNetwork(out) => Ok(out.len()),
                 TunnResult::Err(e) => Err(drop_reason(&e)),
                 // Queued inside Tunn until a handshake completes.
-                _ => return,
+                _ => Ok(0),
             }
         };
         match result {
             Ok(len) => {
-                self.count_tx(peer, tx.slot(), len);
-                tx.commit(endpoint, len, Some(peer));
+                peer.stats
+                    .tx_bytes
+                    .fetch_add(inner_len as u64, Ordering::Relaxed);
+                if len > 0 {
+                    self.count_tx(peer, tx.slot(), len);
+                    tx.commit(endpoint, len, Some(peer));
+                }
             }
             Err(reason) => peer.count_drop(reason, &self.drops),
         }

@@ -238,7 +238,7 @@ async fn tun_to_udp(
                     udp.send(&engine, &tx).await;
                     tx.clear();
                 }
-                engine.encapsulate(&bufs[i][..sizes[i]], &mut tx, now);
+                engine.encapsulate(&mut bufs[i], sizes[i], &mut tx, now);
             }
             batch += ready.max(1);
             // Without offload every read is one packet: drain what else is ready into the batch.

@@ -18,6 +18,8 @@ pub const REKEY_ATTEMPT_TIME: Duration = Duration::from_secs(90);
 
 #[derive(Debug, Default)]
 pub struct PeerStats {
+    /// Inner bytes handed to the tunnel (before padding), keepalives excluded.
+    pub tx_bytes: AtomicU64,
     pub rx_bytes: AtomicU64,
     pub rx_packets: AtomicU64,
     pub tx_packets: AtomicU64,
@@ -205,11 +207,11 @@ impl Peer {
     }
 
     pub fn info(&self, now: SystemTime) -> PeerInfo {
-        let (tx_bytes, keepalive, since) = {
+        let (keepalive, since) = {
             let t = self.tunn.lock();
-            let (since, tx, ..) = t.stats();
-            (tx as u64, t.persistent_keepalive(), since)
+            (t.persistent_keepalive(), t.stats().0)
         };
+        let tx_bytes = self.stats.tx_bytes.load(Ordering::Relaxed);
         // Between timer ticks a handshake may have completed; show it now.
         self.observe_handshake(now, since);
         let (status, status_reason) = self.state(now);

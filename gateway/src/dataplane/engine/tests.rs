@@ -29,8 +29,12 @@ fn pair() -> (Side, Side) {
     let kb = PrivateKey::generate();
     let a_addr = SocketAddr::from(A_ADDR);
     let b_addr = SocketAddr::from(B_ADDR);
-    let a = Engine::new(ka.clone(), &[peer_cfg(&kb, Some(b_addr), &["10.2.0.0/16"])]);
-    let b = Engine::new(kb, &[peer_cfg(&ka, Some(a_addr), &["10.1.0.0/16"])]);
+    let a = Engine::new(
+        ka.clone(),
+        1420,
+        &[peer_cfg(&kb, Some(b_addr), &["10.2.0.0/16"])],
+    );
+    let b = Engine::new(kb, 1420, &[peer_cfg(&ka, Some(a_addr), &["10.1.0.0/16"])]);
     let side = |engine, addr| Side {
         engine,
         addr,
@@ -54,6 +58,13 @@ fn ipv4(src: [u8; 4], dst: [u8; 4], payload_len: usize) -> Vec<u8> {
         *b = i as u8;
     }
     p
+}
+
+/// What the TUN reader does: the packet in a buffer with room for padding.
+fn encap(engine: &Engine, packet: &[u8], tx: &mut TxQueue) {
+    let mut buf = packet.to_vec();
+    buf.resize(packet.len() + 64, 0xee);
+    engine.encapsulate(&mut buf, packet.len(), tx, SystemTime::now());
 }
 
 fn datagrams(tx: &TxQueue) -> Vec<(SocketAddr, Vec<u8>)> {
@@ -89,7 +100,7 @@ fn received(side: &mut Side) -> Vec<Vec<u8>> {
 
 fn handshake(a: &mut Side, b: &mut Side) {
     let first = ipv4([10, 1, 1, 2], [10, 2, 1, 2], 10);
-    a.engine.encapsulate(&first, &mut a.tx, SystemTime::now());
+    encap(&a.engine, &first, &mut a.tx);
     assert_eq!(deliver(a, b), 1, "handshake initiation");
     assert_eq!(deliver(b, a), 1, "handshake response");
     // keepalive confirming the session, then the packet queued during the handshake
@@ -108,12 +119,12 @@ fn handshake_then_data_both_ways_with_exact_counters() {
     let mut sent = 10 + 28;
     for len in [0, 1, 100, 1300] {
         let p = ipv4([10, 1, 1, 2], [10, 2, 1, 2], len);
-        a.engine.encapsulate(&p, &mut a.tx, SystemTime::now());
+        encap(&a.engine, &p, &mut a.tx);
         deliver(&mut a, &mut b);
         assert_eq!(received(&mut b), vec![p.clone()]);
         sent += p.len();
         let back = ipv4([10, 2, 1, 2], [10, 1, 1, 2], len);
-        b.engine.encapsulate(&back, &mut b.tx, SystemTime::now());
+        encap(&b.engine, &back, &mut b.tx);
         deliver(&mut b, &mut a);
         assert_eq!(received(&mut a), vec![back]);
     }
@@ -131,10 +142,10 @@ fn equal_packets_coalesce_into_one_gso_run() {
     let (mut a, mut b) = pair();
     handshake(&mut a, &mut b);
     for _ in 0..10 {
-        a.engine.encapsulate(
+        encap(
+            &a.engine,
             &ipv4([10, 1, 1, 2], [10, 2, 1, 2], 1000),
             &mut a.tx,
-            SystemTime::now(),
         );
     }
     let runs: Vec<_> = a.tx.runs().map(|(r, _)| r.segments).collect();
@@ -149,7 +160,7 @@ fn inner_source_outside_allowed_ips_is_dropped_and_counted() {
     handshake(&mut a, &mut b);
     // b's engine routes by destination only; a must refuse the forged inner source.
     let forged = ipv4([10, 9, 9, 9], [10, 1, 1, 2], 20);
-    b.engine.encapsulate(&forged, &mut b.tx, SystemTime::now());
+    encap(&b.engine, &forged, &mut b.tx);
     deliver(&mut b, &mut a);
     assert!(received(&mut a).is_empty());
     assert_eq!(peer_of(&a).drops.get(DropReason::SourceNotAllowed), 1);
@@ -161,10 +172,10 @@ fn inner_source_outside_allowed_ips_is_dropped_and_counted() {
 fn replayed_datagram_is_dropped() {
     let (mut a, mut b) = pair();
     handshake(&mut a, &mut b);
-    a.engine.encapsulate(
+    encap(
+        &a.engine,
         &ipv4([10, 1, 1, 2], [10, 2, 1, 2], 50),
         &mut a.tx,
-        SystemTime::now(),
     );
     let grams = datagrams(&a.tx);
     a.tx.clear();
@@ -181,10 +192,10 @@ fn replayed_datagram_is_dropped() {
 fn garbage_and_truncation_change_nothing() {
     let (mut a, mut b) = pair();
     handshake(&mut a, &mut b);
-    a.engine.encapsulate(
+    encap(
+        &a.engine,
         &ipv4([10, 1, 1, 2], [10, 2, 1, 2], 200),
         &mut a.tx,
-        SystemTime::now(),
     );
     let good = datagrams(&a.tx).remove(0).1;
     a.tx.clear();
@@ -246,6 +257,7 @@ fn handshake_from_unknown_key_is_refused() {
     let mut stranger = Side {
         engine: Engine::new(
             stranger_key,
+            1420,
             &[peer_cfg(
                 &b.engine.private_key().clone(),
                 Some(b.addr),
@@ -256,10 +268,10 @@ fn handshake_from_unknown_key_is_refused() {
         tx: TxQueue::new(8, 2048, 1),
         rx: RxQueue::new(8, 2048, 0),
     };
-    stranger.engine.encapsulate(
+    encap(
+        &stranger.engine,
         &ipv4([10, 1, 1, 2], [10, 2, 1, 2], 1),
         &mut stranger.tx,
-        SystemTime::now(),
     );
     deliver(&mut stranger, &mut b);
     assert!(b.tx.is_empty(), "no response to an unknown key");
@@ -272,19 +284,11 @@ fn endpoint_roams_to_latest_authenticated_source() {
     let (mut a, mut b) = pair();
     handshake(&mut a, &mut b);
     a.addr = SocketAddr::from(([203, 0, 113, 5], 40000));
-    a.engine.encapsulate(
-        &ipv4([10, 1, 1, 2], [10, 2, 1, 2], 5),
-        &mut a.tx,
-        SystemTime::now(),
-    );
+    encap(&a.engine, &ipv4([10, 1, 1, 2], [10, 2, 1, 2], 5), &mut a.tx);
     deliver(&mut a, &mut b);
     assert_eq!(peer_of(&b).endpoint(), Some(a.addr));
     // Replies now go to the new address (deliver asserts the destination).
-    b.engine.encapsulate(
-        &ipv4([10, 2, 1, 2], [10, 1, 1, 2], 5),
-        &mut b.tx,
-        SystemTime::now(),
-    );
+    encap(&b.engine, &ipv4([10, 2, 1, 2], [10, 1, 1, 2], 5), &mut b.tx);
     deliver(&mut b, &mut a);
     assert_eq!(received(&mut a).len(), 1);
 }
@@ -301,22 +305,14 @@ fn reload_keeps_sessions_of_unchanged_peers() {
     assert_eq!(diff.kept, vec![kb.public_key()]);
     assert!(Arc::ptr_eq(&before, &peer_of(&a)));
     // No new handshake needed: one datagram, straight to data.
-    a.engine.encapsulate(
-        &ipv4([10, 1, 1, 2], [10, 3, 0, 1], 5),
-        &mut a.tx,
-        SystemTime::now(),
-    );
+    encap(&a.engine, &ipv4([10, 1, 1, 2], [10, 3, 0, 1], 5), &mut a.tx);
     assert_eq!(deliver(&mut a, &mut b), 1);
     // b does not allow 10.1 -> 10.3? it does (dst is not checked), and the src is allowed.
     assert_eq!(received(&mut b).len(), 1);
 
     let diff = a.engine.apply_peers(&[]);
     assert_eq!(diff.removed, vec![kb.public_key()]);
-    a.engine.encapsulate(
-        &ipv4([10, 1, 1, 2], [10, 2, 1, 2], 5),
-        &mut a.tx,
-        SystemTime::now(),
-    );
+    encap(&a.engine, &ipv4([10, 1, 1, 2], [10, 2, 1, 2], 5), &mut a.tx);
     assert!(a.tx.is_empty());
     assert_eq!(a.engine.drops.get(DropReason::NoRoute), 1);
 }
@@ -325,16 +321,32 @@ fn reload_keeps_sessions_of_unchanged_peers() {
 fn no_endpoint_is_counted() {
     let ka = PrivateKey::generate();
     let kb = PrivateKey::generate();
-    let a = Engine::new(ka, &[peer_cfg(&kb, None, &["10.2.0.0/16"])]);
+    let a = Engine::new(ka, 1420, &[peer_cfg(&kb, None, &["10.2.0.0/16"])]);
     let mut tx = TxQueue::new(4, 2048, 1);
-    a.encapsulate(
-        &ipv4([10, 1, 1, 2], [10, 2, 1, 2], 5),
-        &mut tx,
-        SystemTime::now(),
-    );
+    encap(&a, &ipv4([10, 1, 1, 2], [10, 2, 1, 2], 5), &mut tx);
     assert!(tx.is_empty());
     assert_eq!(a.drops.get(DropReason::NoEndpoint), 1);
     let (state, reason) = a.peers().list[0].state(SystemTime::now());
     assert_eq!(state, crate::admin::proto::PeerState::Connecting);
     assert!(reason.unwrap().contains("no endpoint"));
+}
+
+#[test]
+fn plaintext_is_padded_to_16_but_not_past_the_mtu() {
+    let (mut a, mut b) = pair();
+    handshake(&mut a, &mut b);
+    // (inner length, expected datagram length): 16-byte padding plus the 32-byte overhead.
+    for (inner, wire) in [
+        (28 + 972, 1008 + 32),
+        (1415, 1420 + 32),
+        (1420, 1420 + 32),
+        (48, 48 + 32),
+    ] {
+        let p = ipv4([10, 1, 1, 2], [10, 2, 1, 2], inner - 28);
+        encap(&a.engine, &p, &mut a.tx);
+        let grams = datagrams(&a.tx);
+        assert_eq!(grams[0].1.len(), wire, "inner {inner}");
+        deliver(&mut a, &mut b);
+        assert_eq!(received(&mut b), vec![p], "the receiver trims the padding");
+    }
 }
