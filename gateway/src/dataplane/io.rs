@@ -293,6 +293,11 @@ async fn udp_to_tun(
         let now = SystemTime::now();
         for (m, buf) in meta.iter().zip(&storage).take(count) {
             let src = canonical(m.addr);
+            if m.len == 0 {
+                // An empty datagram is no WireGuard message; `chunks` would skip it uncounted.
+                engine.drops.inc(super::DropReason::Malformed);
+                continue;
+            }
             let stride = m.stride.max(1);
             for datagram in buf[..m.len].chunks(stride) {
                 engine.decapsulate(src, datagram, &mut rx, &mut tx, now);
