@@ -89,6 +89,7 @@ fn wanted_routes(config: &Config) -> BTreeSet<IpNet> {
 /// when start-up fails half way.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let name = config.interface.name.clone();
+    warn_if_key_readable_by_others(&config.interface.private_key_file);
     // The UDP port first: a port in use must fail before any interface exists.
     let udp = Arc::new(
         Udp::bind(config.interface.listen_port, &config.dataplane)
@@ -199,6 +200,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     wait_link_gone(&nl, &name).await;
     tracing::info!(interface = %name, "stopped");
     Ok(())
+}
+
+/// Like `wg`, say so when the private key is readable by group or others.
+fn warn_if_key_readable_by_others(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(file = %path.display(), mode = format!("{:o}", mode & 0o777), "private key file is accessible to group or others; chmod 600 it");
+        }
+    }
 }
 
 fn create_tun(name: &str, offload: bool) -> std::io::Result<(tun_rs::AsyncDevice, bool)> {
