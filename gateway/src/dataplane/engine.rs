@@ -179,6 +179,7 @@ impl Engine {
             .min(self.mtu.max(len))
             .min(buf.len());
         buf[len..padded].fill(0);
+        super::mss::clamp(&mut buf[..len], self.mtu);
         let inner_len = len;
         let packet = &buf[..padded];
         let Some(dst) = Tunn::dst_address(packet) else {

@@ -5,6 +5,7 @@
 pub mod drops;
 pub mod engine;
 pub mod io;
+pub mod mss;
 pub mod peer;
 pub mod queue;
 pub mod router;
