@@ -4,6 +4,10 @@
 //! error names the file, the field and the offending value, and nothing is applied until the
 //! whole file has validated (see `gateway/README.md` for the field reference).
 
+mod identity;
+
+pub use identity::{Expected, IdentityConfig, IdentityPeerConfig, DEFAULT_JOIN_PORT};
+
 use crate::keys::{PrivateKey, PublicKey};
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -46,7 +50,12 @@ pub struct Config {
     pub interface: InterfaceConfig,
     pub admin: AdminConfig,
     pub dataplane: DataplaneConfig,
+    /// Peers configured by WireGuard public key.
     pub peers: Vec<PeerConfig>,
+    /// The gateway's SVID and trust bundle, when it takes part in identity-bound joins.
+    pub identity: Option<IdentityConfig>,
+    /// Peers configured by SPIFFE identity (or cluster); their keys come from Noise joins.
+    pub identity_peers: Vec<IdentityPeerConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -136,6 +145,10 @@ struct RawInterface {
     address: Option<OneOrMany>,
     mtu: Option<i64>,
     routes: Option<bool>,
+    svid_file: Option<String>,
+    svid_key_file: Option<String>,
+    trust_bundle_file: Option<String>,
+    join_port: Option<u16>,
 }
 
 #[derive(Deserialize, Default)]
@@ -158,9 +171,12 @@ struct RawDataplane {
 #[serde(deny_unknown_fields)]
 struct RawPeer {
     name: Option<String>,
-    public_key: String,
+    public_key: Option<String>,
+    spiffe_id: Option<String>,
+    cluster: Option<String>,
     preshared_key_file: Option<String>,
     endpoint: Option<String>,
+    join_endpoint: Option<String>,
     #[serde(default)]
     allowed_ips: Vec<String>,
     persistent_keepalive: Option<u16>,
@@ -199,6 +215,15 @@ impl Config {
     /// Validates `text` as if it were the contents of `path` (relative key paths resolve
     /// against `path`'s folder).
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        Self::parse_at(path, text, std::time::SystemTime::now())
+    }
+
+    /// [`parse`](Self::parse) with the time certificates are checked at passed in.
+    pub fn parse_at(
+        path: &Path,
+        text: &str,
+        now: std::time::SystemTime,
+    ) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             file: path.to_path_buf(),
             message: e.to_string().trim_end().replace('\n', " "),
@@ -272,27 +297,75 @@ impl Config {
         };
 
         let own_public = private_key.public_key();
+        let identity = identity::load_identity(
+            &cx,
+            base,
+            identity::RawIdentity {
+                svid_file: iface.svid_file.as_deref(),
+                svid_key_file: iface.svid_key_file.as_deref(),
+                trust_bundle_file: iface.trust_bundle_file.as_deref(),
+                join_port: iface.join_port,
+            },
+            &own_public,
+            now,
+        )?;
+        let mut identity_peers: Vec<IdentityPeerConfig> = Vec::new();
         let mut peers: Vec<PeerConfig> = Vec::new();
         let mut seen_keys: HashMap<PublicKey, usize> = HashMap::new();
         let mut seen_prefixes: HashMap<IpNet, usize> = HashMap::new();
         for (i, p) in raw.peers.into_iter().enumerate() {
             let field = |f: &str| format!("peer[{i}].{f}");
-            let public_key = PublicKey::try_from_base64(&p.public_key)
-                .map_err(|e| cx.invalid(field("public_key"), &p.public_key, e))?;
-            if public_key == own_public {
+            let named = [
+                p.public_key.is_some(),
+                p.spiffe_id.is_some(),
+                p.cluster.is_some(),
+            ];
+            if named.iter().filter(|n| **n).count() != 1 {
                 return Err(cx.invalid(
-                    field("public_key"),
-                    &p.public_key,
-                    "is this interface's own public key",
+                    format!("peer[{i}]"),
+                    p.name.as_deref().unwrap_or(""),
+                    "give exactly one of public_key, spiffe_id, cluster",
                 ));
             }
-            if let Some(prev) = seen_keys.insert(public_key, i) {
+            let expected = match &p.public_key {
+                Some(_) => None,
+                None => Some(identity::expected(
+                    &cx,
+                    i,
+                    p.spiffe_id.as_deref(),
+                    p.cluster.as_deref(),
+                    identity.as_ref(),
+                )?),
+            };
+            if expected.is_none() && p.join_endpoint.is_some() {
                 return Err(cx.invalid(
-                    field("public_key"),
-                    &p.public_key,
-                    format!("same key as peer[{prev}]"),
+                    field("join_endpoint"),
+                    p.join_endpoint.as_deref().unwrap_or(""),
+                    "only for peers by spiffe_id or cluster",
                 ));
             }
+            let public_key = match &p.public_key {
+                Some(k) => {
+                    let key = PublicKey::try_from_base64(k)
+                        .map_err(|e| cx.invalid(field("public_key"), k, e))?;
+                    if key == own_public {
+                        return Err(cx.invalid(
+                            field("public_key"),
+                            k,
+                            "is this interface's own public key",
+                        ));
+                    }
+                    if let Some(prev) = seen_keys.insert(key, i) {
+                        return Err(cx.invalid(
+                            field("public_key"),
+                            k,
+                            format!("same key as peer[{prev}]"),
+                        ));
+                    }
+                    Some(key)
+                }
+                None => None,
+            };
             let preshared_key = match &p.preshared_key_file {
                 None => None,
                 Some(f) => {
@@ -329,14 +402,36 @@ impl Config {
                 }
                 allowed_ips.push(net);
             }
-            peers.push(PeerConfig {
-                name: p.name,
-                public_key,
-                preshared_key,
-                endpoint,
-                allowed_ips,
-                persistent_keepalive: p.persistent_keepalive.filter(|&k| k > 0),
-            });
+            let persistent_keepalive = p.persistent_keepalive.filter(|&k| k > 0);
+            match (public_key, expected) {
+                (Some(public_key), _) => peers.push(PeerConfig {
+                    name: p.name,
+                    public_key,
+                    preshared_key,
+                    endpoint,
+                    allowed_ips,
+                    persistent_keepalive,
+                }),
+                (None, Some(expected)) => {
+                    let join_endpoint = match &p.join_endpoint {
+                        Some(e) => Some(
+                            resolve_endpoint(e)
+                                .map_err(|prob| cx.invalid(field("join_endpoint"), e, prob))?,
+                        ),
+                        None => endpoint.map(|ep| SocketAddr::new(ep.ip(), DEFAULT_JOIN_PORT)),
+                    };
+                    identity_peers.push(IdentityPeerConfig {
+                        name: p.name,
+                        expected,
+                        endpoint,
+                        join_endpoint,
+                        allowed_ips,
+                        persistent_keepalive,
+                        preshared_key,
+                    });
+                }
+                (None, None) => unreachable!("exactly one of public_key, spiffe_id, cluster"),
+            }
         }
 
         Ok(Config {
@@ -353,6 +448,8 @@ impl Config {
             admin,
             dataplane,
             peers,
+            identity,
+            identity_peers,
         })
     }
 }

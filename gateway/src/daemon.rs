@@ -15,10 +15,14 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 use tokio::signal::unix::{signal, SignalKind};
 
+mod joins;
+
 /// What the admin interfaces read: the engine plus the configuration in force.
 pub struct DaemonState {
     pub engine: Arc<Engine>,
     config: RwLock<Config>,
+    /// Peers by identity and their join state.
+    pub(crate) membership: parking_lot::Mutex<crate::membership::Membership>,
     started: Instant,
     offloads: BTreeMap<String, bool>,
     listen_port: u16,
@@ -27,12 +31,15 @@ pub struct DaemonState {
 impl AdminSource for DaemonState {
     fn peers(&self) -> Vec<PeerInfo> {
         let now = SystemTime::now();
-        self.engine
+        let mut rows: Vec<PeerInfo> = self
+            .engine
             .peers()
             .list
             .iter()
             .map(|p| p.info(now))
-            .collect()
+            .collect();
+        self.membership.lock().annotate(&mut rows, now);
+        rows
     }
 
     fn status(&self) -> InterfaceStatus {
@@ -68,15 +75,32 @@ impl AdminSource for DaemonState {
     }
 }
 
+impl DaemonState {
+    /// Hands the engine every keyed peer: configured keys plus peers joined by identity.
+    pub(crate) fn apply_peers(&self) -> crate::dataplane::PeerDiff {
+        let mut peers = self.config.read().peers.clone();
+        peers.extend(self.membership.lock().keyed_peers(SystemTime::now()));
+        self.engine.apply_peers(&peers)
+    }
+}
+
 /// Routes the kernel should have through the interface for `config`.
 fn wanted_routes(config: &Config) -> BTreeSet<IpNet> {
     if !config.interface.routes {
         return BTreeSet::new();
     }
+    // Prefixes of peers by identity are routed before they join: until then the engine drops
+    // their packets as no_route.
     let all: Vec<IpNet> = config
         .peers
         .iter()
         .flat_map(|p| p.allowed_ips.clone())
+        .chain(
+            config
+                .identity_peers
+                .iter()
+                .flat_map(|p| p.allowed_ips.clone()),
+        )
         .collect();
     let (routes, skipped) = routable(&all);
     for s in skipped {
@@ -128,6 +152,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let state = Arc::new(DaemonState {
         engine: engine.clone(),
         config: RwLock::new(config.clone()),
+        membership: parking_lot::Mutex::new(crate::membership::Membership::new(
+            &config.identity_peers,
+        )),
         started: Instant::now(),
         offloads: offloads.clone(),
         listen_port,
@@ -163,6 +190,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let joins = match &config.identity {
+        Some(identity) => Some(
+            joins::start(
+                state.clone(),
+                identity.clone(),
+                config.interface.private_key.clone(),
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "failed to listen for joins on TCP port {}",
+                    identity.join_port
+                )
+            })?,
+        ),
+        None => None,
+    };
     tracing::info!(
         interface = %name, port = listen_port, peers = config.peers.len(),
         public_key = %engine.public_key(), ?offloads, "isthmus-gateway running"
@@ -173,13 +217,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
-            _ = hup.recv() => reload(&state, &nl, index, &mut routes).await,
+            _ = hup.recv() => {
+                reload(&state, &nl, index, &mut routes).await;
+                if let Some(j) = &joins {
+                    j.reconfigured(&state);
+                }
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
 
     tracing::info!(interface = %name, "shutting down");
+    if let Some(j) = joins {
+        j.stop();
+    }
     running.stop().await;
     admin.shutdown().await;
     if let Some(u) = uapi {
@@ -291,7 +343,16 @@ async fn reload(
             tracing::warn!(fields = ?ignored, "these changes take effect only after a restart");
         }
     }
-    let diff = state.engine.apply_peers(&new.peers);
+    let new_peers = new.peers.clone();
+    let new_identity_peers = new.identity_peers.clone();
+    {
+        let mut cfg = state.config.write();
+        // Only the peers are applied; the rest keeps its running values until a restart.
+        cfg.peers = new_peers;
+        cfg.identity_peers = new_identity_peers.clone();
+    }
+    state.membership.lock().reconfigure(&new_identity_peers);
+    let diff = state.apply_peers();
     let wanted = wanted_routes(&new);
     for net in wanted.difference(routes).copied().collect::<Vec<_>>() {
         match nl.replace_route(index, net).await {
@@ -313,9 +374,6 @@ async fn reload(
             }
         }
     }
-    let mut cfg = state.config.write();
-    // Only the peers were applied; the rest keeps its running values until a restart.
-    cfg.peers = new.peers;
     tracing::info!(
         added = diff.added.len(),
         removed = diff.removed.len(),

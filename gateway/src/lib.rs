@@ -8,5 +8,7 @@ pub mod admin;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod identity;
 pub mod keys;
+pub mod membership;
 pub mod netlink;

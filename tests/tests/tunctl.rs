@@ -203,6 +203,8 @@ fn tunctl_reports_a_running_mesh() {
             "HANDSHAKE",
             "RX",
             "TX",
+            "SPIFFE ID",
+            "SVID EXPIRES",
             "ALLOWED IPS"
         ],
         "table:\n{table}"
@@ -232,6 +234,10 @@ fn tunctl_reports_a_running_mesh() {
             format!("{},{}/32", plan::cluster_cidr(j), plan::mesh_addr(j))
         );
         assert_eq!(p["public_key"], lab.public_key(j));
+        // Peers configured by bare public key are shown as such, with no SVID.
+        assert_eq!(cell(row, "SPIFFE ID"), "<unverified>");
+        assert_eq!(cell(row, "SVID EXPIRES"), "-");
+        assert_eq!(p["verified"], false);
     }
 
     // -o wide: the same rows plus key, keepalive, handshake count and drops.
@@ -252,6 +258,8 @@ fn tunctl_reports_a_running_mesh() {
             "KEEPALIVE",
             "HANDSHAKES",
             "DROPPED",
+            "SPIFFE ID",
+            "SVID EXPIRES",
             "ALLOWED IPS"
         ],
         "wide:\n{wide}"

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod metrics;
+pub mod pki_cli;
 pub mod proto;
 pub mod render;
 pub mod server;

@@ -58,6 +58,15 @@ pub struct PeerInfo {
     pub persistent_keepalive: Option<u16>,
     /// Packets dropped that are attributable to this peer, by reason.
     pub dropped: BTreeMap<String, u64>,
+    /// The peer's SPIFFE ID: verified when `verified`, else what the configuration expects.
+    #[serde(default)]
+    pub spiffe_id: Option<String>,
+    /// Expiry of the peer's verified SVID, Unix milliseconds.
+    #[serde(default)]
+    pub svid_expires_unix_ms: Option<u64>,
+    /// The key was installed after its SVID binding verified (false for plain `public_key` peers).
+    #[serde(default)]
+    pub verified: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

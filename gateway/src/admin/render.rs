@@ -82,6 +82,24 @@ pub fn handshake_age(last_unix_ms: Option<u64>, now_unix_ms: u64) -> String {
     }
 }
 
+/// The SPIFFE ID column (`<unverified>` for peers configured by bare key; an expected identity
+/// not yet joined is shown with a `?`) and the SVID expiry column (`in 23h59m`, `expired`, `-`).
+pub fn identity_cells(peer: &PeerInfo, now_unix_ms: u64) -> (String, String) {
+    let identity = match (&peer.spiffe_id, peer.verified) {
+        (Some(id), true) => id.clone(),
+        (Some(id), false) => format!("{id}?"),
+        (None, true) => "<verified>".into(),
+        (None, false) if peer.public_key.is_empty() => "<pending>".into(),
+        (None, false) => "<unverified>".into(),
+    };
+    let expires = match peer.svid_expires_unix_ms {
+        None => "-".into(),
+        Some(ms) if ms <= now_unix_ms => "expired".into(),
+        Some(ms) => format!("in {}", compact_duration((ms - now_unix_ms) / 1000)),
+    };
+    (identity, expires)
+}
+
 /// Left-aligned columns, [`GAP`] spaces apart, no trailing spaces.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
@@ -146,6 +164,8 @@ pub fn peers(peers: &[PeerInfo], format: OutputFormat, now_unix_ms: u64) -> anyh
             "KEEPALIVE",
             "HANDSHAKES",
             "DROPPED",
+            "SPIFFE ID",
+            "SVID EXPIRES",
             "ALLOWED IPS",
         ]
     } else {
@@ -156,6 +176,8 @@ pub fn peers(peers: &[PeerInfo], format: OutputFormat, now_unix_ms: u64) -> anyh
             "HANDSHAKE",
             "RX",
             "TX",
+            "SPIFFE ID",
+            "SVID EXPIRES",
             "ALLOWED IPS",
         ]
     };
@@ -166,6 +188,7 @@ pub fn peers(peers: &[PeerInfo], format: OutputFormat, now_unix_ms: u64) -> anyh
             let handshake = handshake_age(peer.last_handshake_unix_ms, now_unix_ms);
             let allowed = or_none(peer.allowed_ips.join(","));
             let (rx, tx) = (human_bytes(peer.rx_bytes), human_bytes(peer.tx_bytes));
+            let (identity, expires) = identity_cells(peer, now_unix_ms);
             if wide {
                 let keepalive = match peer.persistent_keepalive {
                     Some(secs) if secs > 0 => format!("{secs}s"),
@@ -183,6 +206,8 @@ pub fn peers(peers: &[PeerInfo], format: OutputFormat, now_unix_ms: u64) -> anyh
                     keepalive,
                     peer.handshakes.to_string(),
                     dropped.to_string(),
+                    identity,
+                    expires,
                     allowed,
                 ]
             } else {
@@ -193,6 +218,8 @@ pub fn peers(peers: &[PeerInfo], format: OutputFormat, now_unix_ms: u64) -> anyh
                     handshake,
                     rx,
                     tx,
+                    identity,
+                    expires,
                     allowed,
                 ]
             }
@@ -293,6 +320,27 @@ mod tests {
     }
 
     #[test]
+    fn identity_columns() {
+        let mut p = FakeSource::new().peers().remove(0);
+        let now = 1_000_000_000;
+        assert_eq!(identity_cells(&p, now), ("<unverified>".into(), "-".into()));
+        p.spiffe_id = Some("spiffe://td/cluster/b/gateway/g".into());
+        p.verified = true;
+        p.svid_expires_unix_ms = Some(now + 3_600_000);
+        assert_eq!(
+            identity_cells(&p, now),
+            ("spiffe://td/cluster/b/gateway/g".into(), "in 1h0m".into())
+        );
+        p.svid_expires_unix_ms = Some(now - 1);
+        assert_eq!(identity_cells(&p, now).1, "expired");
+        p.verified = false;
+        assert_eq!(
+            identity_cells(&p, now).0,
+            "spiffe://td/cluster/b/gateway/g?"
+        );
+    }
+
+    #[test]
     fn peers_table() {
         let source = FakeSource::new();
         let now = HANDSHAKE_MS + 12_000;
@@ -300,10 +348,10 @@ mod tests {
         let short: String = peer_key(2).chars().take(8).collect();
         let short3: &str = "edge-7";
         let expected = format!(
-            "PEER        ENDPOINT              STATUS                         HANDSHAKE   RX        TX        ALLOWED IPS\n\
-             cluster-b   192.0.2.10:51820      connected                      12s ago     1.2 MiB   4.0 KiB   10.1.0.0/16,fd00:1::/64\n\
-             {short}    [2001:db8::2]:51820   connecting                     never       0 B       0 B       10.2.0.0/16\n\
-             {short3}      <none>                error: endpoint unresolvable   never       0 B       0 B       <none>\n"
+            "PEER        ENDPOINT              STATUS                         HANDSHAKE   RX        TX        SPIFFE ID      SVID EXPIRES   ALLOWED IPS\n\
+             cluster-b   192.0.2.10:51820      connected                      12s ago     1.2 MiB   4.0 KiB   <unverified>   -              10.1.0.0/16,fd00:1::/64\n\
+             {short}    [2001:db8::2]:51820   connecting                     never       0 B       0 B       <unverified>   -              10.2.0.0/16\n\
+             {short3}      <none>                error: endpoint unresolvable   never       0 B       0 B       <unverified>   -              <none>\n"
         );
         assert_eq!(text, expected, "\n{text}");
     }
@@ -314,7 +362,9 @@ mod tests {
         let text = peers(&source.peers(), OutputFormat::Wide, HANDSHAKE_MS + 184_000).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("PEER        PUBLIC KEY"), "{text}");
-        assert!(lines[0].contains("KEEPALIVE   HANDSHAKES   DROPPED   ALLOWED IPS"));
+        assert!(lines[0].contains(
+            "KEEPALIVE   HANDSHAKES   DROPPED   SPIFFE ID      SVID EXPIRES   ALLOWED IPS"
+        ));
         assert!(lines[1].contains(&peer_key(1)));
         assert!(lines[1].contains("3m4s ago"));
         assert!(lines[1].contains(" 25s "));

@@ -38,6 +38,9 @@ impl FakeSource {
             allowed_ips: vec!["10.1.0.0/16".into(), "fd00:1::/64".into()],
             persistent_keepalive: Some(25),
             dropped: BTreeMap::from([("bad_source".into(), 2), ("decrypt".into(), 1)]),
+            spiffe_id: None,
+            svid_expires_unix_ms: None,
+            verified: false,
         };
         let connecting = PeerInfo {
             public_key: peer_key(2),
@@ -56,6 +59,9 @@ impl FakeSource {
             allowed_ips: vec!["10.2.0.0/16".into()],
             persistent_keepalive: None,
             dropped: BTreeMap::new(),
+            spiffe_id: None,
+            svid_expires_unix_ms: None,
+            verified: false,
         };
         let broken = PeerInfo {
             public_key: peer_key(3),
@@ -74,6 +80,9 @@ impl FakeSource {
             allowed_ips: vec![],
             persistent_keepalive: None,
             dropped: BTreeMap::from([("no_endpoint".into(), 7)]),
+            spiffe_id: None,
+            svid_expires_unix_ms: None,
+            verified: false,
         };
         let key = PrivateKey::try_from_base64(PRIVATE_KEY).expect("valid test key");
         let status = InterfaceStatus {

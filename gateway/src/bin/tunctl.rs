@@ -1,4 +1,5 @@
-//! `tunctl`: inspect a running isthmus-gateway through its admin socket, and make WireGuard keys.
+//! `tunctl`: inspect a running isthmus-gateway through its admin socket, make WireGuard keys,
+//! and run the trust domain's PKI (`tunctl pki …`).
 //!
 //! Errors print `tunctl: <message>` and exit 1; bad arguments exit 2 with clap's message.
 
@@ -8,6 +9,7 @@ use anyhow::Context as _;
 use clap::parser::ValueSource;
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use isthmus_gateway::admin::client;
+use isthmus_gateway::admin::pki_cli::{self, PkiCommand};
 use isthmus_gateway::admin::proto::Request;
 use isthmus_gateway::admin::render::{self, OutputFormat};
 use isthmus_gateway::keys::PrivateKey;
@@ -53,6 +55,9 @@ enum Command {
     Genkey,
     /// Read a private key on stdin, print its public key, like `wg pubkey`
     Pubkey,
+    /// Trust domain PKI: CAs, SVIDs bound to WireGuard keys, inspect and verify
+    #[command(subcommand)]
+    Pki(PkiCommand),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +82,9 @@ fn run(cli: Cli, socket_from_env: bool) -> anyhow::Result<()> {
     match cli.command {
         Command::Genkey => return print(&format!("{}\n", PrivateKey::generate().to_base64())),
         Command::Pubkey => return pubkey(),
+        Command::Pki(command) => {
+            return print(&pki_cli::run(command, cli.output, SystemTime::now())?)
+        }
         Command::Peers | Command::Status => {}
     }
     let socket = socket_path(&cli, socket_from_env)?;
@@ -102,7 +110,7 @@ fn run(cli: Cli, socket_from_env: bool) -> anyhow::Result<()> {
                 .context("the daemon's answer has no status")?;
             render::status(&status, cli.output)?
         }
-        Command::Genkey | Command::Pubkey => unreachable!("handled above"),
+        Command::Genkey | Command::Pubkey | Command::Pki(_) => unreachable!("handled above"),
     };
     print(&text)
 }

@@ -236,6 +236,9 @@ impl Peer {
             allowed_ips: meta.allowed_ips.iter().map(|n| n.to_string()).collect(),
             persistent_keepalive: keepalive,
             dropped: self.drops.snapshot(),
+            spiffe_id: None,
+            svid_expires_unix_ms: None,
+            verified: false,
         }
     }
 }

@@ -1,0 +1,224 @@
+//! The daemon's side of identity-bound peers: a join listener, a connector that retries
+//! pending peers with backoff, and installation of every verified peer into the engine.
+
+use super::DaemonState;
+use crate::config::{Expected, IdentityConfig};
+use crate::identity::{
+    join_connect, join_listen, JoinRateLimiter, JoinServerHandle, JoinedPeer, PeerVerifier,
+    RateLimitConfig,
+};
+use crate::keys::PrivateKey;
+use crate::membership::PkiVerifier;
+use parking_lot::RwLock;
+use std::net::{Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::mpsc;
+
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+const MAX_RETRY: Duration = Duration::from_secs(30);
+
+/// A verifier whose accepted identities follow reloads.
+struct LiveVerifier {
+    inner: RwLock<PkiVerifier>,
+}
+
+impl PeerVerifier for LiveVerifier {
+    fn verify(
+        &self,
+        chain: &[Vec<u8>],
+        remote_static: &[u8; 32],
+        expected: Option<&str>,
+        now: SystemTime,
+    ) -> Result<String, String> {
+        self.inner
+            .read()
+            .verify(chain, remote_static, expected, now)
+    }
+}
+
+pub(super) struct Joins {
+    listener: JoinServerHandle,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    verifier: Arc<LiveVerifier>,
+}
+
+impl Joins {
+    pub(super) fn reconfigured(&self, state: &DaemonState) {
+        self.verifier.inner.write().accept = accepted(state);
+    }
+
+    pub(super) fn stop(self) {
+        self.listener.shutdown();
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn accepted(state: &DaemonState) -> Vec<Expected> {
+    state
+        .membership
+        .lock()
+        .slots
+        .iter()
+        .map(|s| s.config.expected.clone())
+        .collect()
+}
+
+pub(super) async fn start(
+    state: Arc<DaemonState>,
+    identity: IdentityConfig,
+    key: PrivateKey,
+) -> anyhow::Result<Joins> {
+    let verifier = Arc::new(LiveVerifier {
+        inner: RwLock::new(PkiVerifier {
+            bundle: identity.bundle.clone(),
+            accept: accepted(&state),
+        }),
+    });
+    let addr = SocketAddr::from((Ipv6Addr::UNSPECIFIED, identity.join_port));
+    let limiter = JoinRateLimiter::new(RateLimitConfig::default());
+    let (listener, mut incoming) = match join_listen(
+        addr,
+        key.clone(),
+        identity.chain.clone(),
+        verifier.clone(),
+        limiter,
+    )
+    .await
+    {
+        Ok(l) => l,
+        // No IPv6 in this namespace: IPv4 only.
+        Err(_) => {
+            join_listen(
+                SocketAddr::from(([0, 0, 0, 0], identity.join_port)),
+                key.clone(),
+                identity.chain.clone(),
+                verifier.clone(),
+                JoinRateLimiter::new(RateLimitConfig::default()),
+            )
+            .await?
+        }
+    };
+    tracing::info!(
+        port = identity.join_port,
+        id = identity.id.as_str(),
+        "listening for joins"
+    );
+    let (joined_tx, mut joined_rx) = mpsc::channel::<JoinedPeer>(16);
+
+    let installer = {
+        let state = state.clone();
+        let bundle = identity.bundle.clone();
+        tokio::spawn(async move {
+            loop {
+                let peer = tokio::select! {
+                    Some(p) = incoming.recv() => p,
+                    Some(p) = joined_rx.recv() => p,
+                    else => return,
+                };
+                install(&state, &bundle, &peer);
+            }
+        })
+    };
+    let connector = {
+        let state = state.clone();
+        let verifier: Arc<dyn PeerVerifier> = verifier.clone();
+        tokio::spawn(connect_loop(
+            state,
+            identity.chain.clone(),
+            key,
+            verifier,
+            joined_tx,
+        ))
+    };
+    Ok(Joins {
+        listener,
+        tasks: vec![installer, connector],
+        verifier,
+    })
+}
+
+fn install(state: &DaemonState, bundle: &isthmus_pki::Bundle, peer: &JoinedPeer) {
+    let slot = state
+        .membership
+        .lock()
+        .joined(peer, bundle, SystemTime::now());
+    match slot {
+        Some(_) => {
+            let diff = state.apply_peers();
+            tracing::info!(peer = %peer.joined.peer_id, from = %peer.remote_addr, added = diff.added.len(), "peer joined; WireGuard key installed");
+        }
+        None => {
+            tracing::warn!(peer = %peer.joined.peer_id, "joined peer matches no configured peer; ignored")
+        }
+    }
+}
+
+/// Joins every pending peer that has a join endpoint, retrying with exponential backoff.
+async fn connect_loop(
+    state: Arc<DaemonState>,
+    chain: Vec<Vec<u8>>,
+    key: PrivateKey,
+    verifier: Arc<dyn PeerVerifier>,
+    joined: mpsc::Sender<JoinedPeer>,
+) {
+    // Per slot: when to try next and the current backoff; reset when slots change.
+    let mut schedule: Vec<(Instant, Duration)> = Vec::new();
+    loop {
+        let targets: Vec<(usize, SocketAddr, Expected)> = {
+            let m = state.membership.lock();
+            if schedule.len() != m.slots.len() {
+                schedule = vec![(Instant::now(), FIRST_RETRY); m.slots.len()];
+            }
+            m.slots
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !m.is_joined(*i))
+                .filter_map(|(i, s)| {
+                    s.config
+                        .join_endpoint
+                        .map(|ep| (i, ep, s.config.expected.clone()))
+                })
+                .collect()
+        };
+        for (i, endpoint, expected) in targets {
+            if Instant::now() < schedule[i].0 {
+                continue;
+            }
+            let want = match &expected {
+                Expected::Id(id) => id.as_str().to_string(),
+                // The join needs one identity to name; a cluster peer is reached by the
+                // responder telling us who it is, which the verifier then checks.
+                Expected::Cluster(_) => String::new(),
+            };
+            match join_connect(endpoint, &key, chain.clone(), want, verifier.clone()).await {
+                Ok(peer) => {
+                    schedule[i].1 = FIRST_RETRY;
+                    let _ = joined.send(peer).await;
+                }
+                Err(e) => {
+                    let reason = error_chain(&e);
+                    tracing::debug!(%endpoint, error = %reason, "join failed");
+                    state.membership.lock().failed(i, reason);
+                    let backoff = schedule[i].1;
+                    schedule[i] = (Instant::now() + backoff, (backoff * 2).min(MAX_RETRY));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// An error and its sources, `outer: inner: innermost`, as the operator should see it.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

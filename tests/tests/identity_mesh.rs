@@ -1,0 +1,497 @@
+//! Gateways that know each other only by endpoint and expected SPIFFE identity: the Noise join
+//! verifies each side's SVID chain and its WireGuard key binding before any WireGuard peer is
+//! installed. Certificates come from `tunctl pki`. Needs root.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::{peers, pod};
+use isthmus_lab::{plan, wait_for, GatewayConfig, Lab, Signal, PERSISTENT_KEEPALIVE, TUNCTL_BIN};
+use serde_json::Value;
+
+const TRUST_DOMAIN: &str = "isthmus.local";
+
+/// From the moment every gateway is up, each pod pair must answer within this.
+const MESH_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How long a refused join gets to show up in `tunctl peers`.
+const REFUSAL_DEADLINE: Duration = Duration::from_secs(10);
+
+fn spiffe_gateway(cluster: usize, node: &str) -> String {
+    format!("spiffe://{TRUST_DOMAIN}/cluster/c{cluster}/gateway/{node}")
+}
+
+/// Runs the lab's `tunctl` (outside any namespace) with `args`; panics with its output unless
+/// it exits zero. Returns stdout.
+fn tunctl_ok(lab: &Lab, args: &[&str]) -> String {
+    let bin = lab.binary(TUNCTL_BIN).unwrap_or_else(|e| panic!("{e:#}"));
+    let out = Command::new(&bin)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {} {args:?}: {e}", bin.display()));
+    assert!(
+        out.status.success(),
+        "tunctl {} failed ({}):\nstdout: {}\nstderr: {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("lab paths are UTF-8")
+}
+
+/// A trust domain's root and one intermediate per cluster, under `<lab dir>/pki`.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    /// `tunctl pki init`, then `tunctl pki intermediate --cluster c{i}` for `i` in `1..=clusters`.
+    fn new(lab: &Lab, clusters: usize) -> Pki {
+        let dir = lab.dir().join("pki");
+        let root = dir.join("root");
+        tunctl_ok(
+            lab,
+            &[
+                "pki",
+                "init",
+                "--trust-domain",
+                TRUST_DOMAIN,
+                "--out",
+                path_str(&root),
+            ],
+        );
+        let pki = Pki { dir };
+        for i in 1..=clusters {
+            tunctl_ok(
+                lab,
+                &[
+                    "pki",
+                    "intermediate",
+                    "--cluster",
+                    &format!("c{i}"),
+                    "--ca",
+                    path_str(&root),
+                    "--out",
+                    path_str(&pki.intermediate(i)),
+                ],
+            );
+        }
+        pki
+    }
+
+    fn intermediate(&self, cluster: usize) -> PathBuf {
+        self.dir.join(format!("c{cluster}-ca"))
+    }
+
+    /// `tunctl pki issue --gateway NODE --cluster c{cluster}` signed by that cluster's
+    /// intermediate, into `<pki>/<out>`: svid.pem, svid.key, wg.key, bundle.pem.
+    fn issue(&self, lab: &Lab, cluster: usize, node: &str, out: &str) -> PathBuf {
+        let dir = self.dir.join(out);
+        tunctl_ok(
+            lab,
+            &[
+                "pki",
+                "issue",
+                "--gateway",
+                node,
+                "--cluster",
+                &format!("c{cluster}"),
+                "--ca",
+                path_str(&self.intermediate(cluster)),
+                "--out",
+                path_str(&dir),
+            ],
+        );
+        for f in ["svid.pem", "svid.key", "wg.key", "bundle.pem"] {
+            assert!(
+                dir.join(f).is_file(),
+                "tunctl pki issue wrote no {f} in {}",
+                dir.display()
+            );
+        }
+        dir
+    }
+}
+
+/// `tunctl pubkey < key_file`.
+fn wg_public_key(lab: &Lab, key_file: &Path) -> String {
+    let bin = lab.binary(TUNCTL_BIN).unwrap_or_else(|e| panic!("{e:#}"));
+    let input = std::fs::File::open(key_file)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", key_file.display()));
+    let out = Command::new(bin)
+        .arg("pubkey")
+        .stdin(Stdio::from(input))
+        .output()
+        .expect("running tunctl pubkey");
+    assert!(
+        out.status.success(),
+        "tunctl pubkey < {} failed: {}",
+        key_file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(key.len(), 44, "tunctl pubkey printed {key:?}");
+    key
+}
+
+/// How a peer by identity names whom it expects.
+enum Expect {
+    Id(String),
+    Cluster(String),
+}
+
+/// `[[peer]]` for cluster `j` by identity, with the lab's default endpoint, allowed IPs and
+/// keepalive, and no `public_key`.
+fn identity_peer(j: usize, expect: Expect) -> toml::Value {
+    let mut t = toml::Table::new();
+    t.insert("name".into(), format!("c{j}").into());
+    match expect {
+        Expect::Id(id) => t.insert("spiffe_id".into(), id.into()),
+        Expect::Cluster(c) => t.insert("cluster".into(), c.into()),
+    };
+    t.insert(
+        "endpoint".into(),
+        format!("{}:{}", plan::wan_addr(j), plan::LISTEN_PORT).into(),
+    );
+    t.insert(
+        "allowed_ips".into(),
+        toml::Value::Array(vec![
+            plan::cluster_cidr(j).into(),
+            format!("{}/32", plan::mesh_addr(j)).into(),
+        ]),
+    );
+    t.insert(
+        "persistent_keepalive".into(),
+        i64::from(PERSISTENT_KEEPALIVE).into(),
+    );
+    toml::Value::Table(t)
+}
+
+/// Cluster `i`'s default config with the SVID files of `svid_dir`, WireGuard key `wg_key`, and
+/// only the given peers by identity (the lab's `public_key` peers removed). Written to the lab.
+fn write_identity_config(
+    lab: &Lab,
+    i: usize,
+    svid_dir: &Path,
+    wg_key: &Path,
+    peers: Vec<toml::Value>,
+) -> String {
+    let mut cfg: GatewayConfig = lab.gateway_config(i);
+    cfg.peers.clear();
+    cfg.interface.private_key_file = wg_key.to_path_buf();
+    for (field, file) in [
+        ("svid_file", "svid.pem"),
+        ("svid_key_file", "svid.key"),
+        ("trust_bundle_file", "bundle.pem"),
+    ] {
+        cfg.interface.extra.insert(
+            field.into(),
+            path_str(&svid_dir.join(file)).to_owned().into(),
+        );
+    }
+    let n = peers.len();
+    cfg.extra.insert("peer".into(), toml::Value::Array(peers));
+    let text = cfg.render().expect("rendering the config");
+    assert_eq!(
+        text.matches("[[peer]]").count(),
+        n,
+        "config of gateway {i} does not render its {n} peers by identity:\n{text}"
+    );
+    assert!(
+        !text.contains("public_key"),
+        "config of gateway {i} still has a public_key peer:\n{text}"
+    );
+    lab.write_gateway_config(i, &cfg)
+        .unwrap_or_else(|e| panic!("writing config {i}: {e:#}"));
+    text
+}
+
+fn start(lab: &Lab, i: usize) {
+    lab.start_gateway(i)
+        .unwrap_or_else(|e| panic!("failed to start gateway {i}: {e:#}"));
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64
+}
+
+/// Gateway `i`'s row for its peer named `name`, if any.
+fn find_peer(lab: &Lab, i: usize, name: &str) -> Option<Value> {
+    peers(lab, i).into_iter().find(|p| p["name"] == name)
+}
+
+/// Waits until pod `i` gets an echo reply from pod `j`, by `deadline`.
+fn wait_pod_reaches(lab: &Lab, i: usize, j: usize, deadline: Instant, since: Instant) {
+    let ok = wait_for(
+        || lab.ping(&lab.pod_ns(i), pod(j), 1).unwrap_or(0) == 1,
+        deadline.saturating_duration_since(Instant::now()),
+    );
+    if !ok {
+        lab.dump_gateway_logs();
+    }
+    assert!(
+        ok,
+        "pod {i} -> pod {j}: no echo reply {:?} after the gateways were up (deadline {MESH_DEADLINE:?}); \
+         gateway {i} peers: {:?}",
+        since.elapsed(),
+        peers(lab, i)
+    );
+}
+
+/// Asserts gateway `i`'s row `name` is a joined, verified, connected peer with identity `id`
+/// and WireGuard key `key`.
+fn assert_verified_peer(lab: &Lab, i: usize, name: &str, id: &str, key: &str) {
+    // The row turns connected with the first handshake; pings just passed, so this is quick.
+    let connected = wait_for(
+        || find_peer(lab, i, name).is_some_and(|p| p["status"] == "connected"),
+        Duration::from_secs(3),
+    );
+    let p = find_peer(lab, i, name)
+        .unwrap_or_else(|| panic!("gateway {i} has no peer {name}: {:?}", peers(lab, i)));
+    assert!(connected, "gateway {i} peer {name} is not connected: {p}");
+    assert_eq!(p["verified"], true, "gateway {i} peer {name}: {p}");
+    assert_eq!(p["spiffe_id"], id, "gateway {i} peer {name}: {p}");
+    assert_eq!(p["public_key"], key, "gateway {i} peer {name}: {p}");
+    let expires = p["svid_expires_unix_ms"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("gateway {i} peer {name}: no svid_expires_unix_ms: {p}"));
+    assert!(
+        expires > now_unix_ms(),
+        "gateway {i} peer {name}: SVID expiry {expires} is not in the future: {p}"
+    );
+}
+
+/// Asserts no row of gateway `i` is joined: every row has an empty key, is unverified and not
+/// connected. Returns the row named `name`.
+fn assert_unjoined(lab: &Lab, i: usize, name: &str, context: &str) -> Value {
+    let list = peers(lab, i);
+    assert_eq!(list.len(), 1, "gateway {i} ({context}): {list:?}");
+    for p in &list {
+        assert_eq!(p["verified"], false, "gateway {i} ({context}): {p}");
+        assert_eq!(p["public_key"], "", "gateway {i} ({context}): {p}");
+        assert_ne!(p["status"], "connected", "gateway {i} ({context}): {p}");
+    }
+    find_peer(lab, i, name).unwrap_or_else(|| panic!("gateway {i} has no peer {name}: {list:?}"))
+}
+
+#[test]
+fn three_gateways_join_by_identity_and_pass_traffic() {
+    const N: usize = 3;
+    let lab = common::lab(N);
+    let pki = Pki::new(&lab, N);
+    let svids: Vec<PathBuf> = (1..=N)
+        .map(|i| pki.issue(&lab, i, "gw", &format!("c{i}-gw")))
+        .collect();
+    let keys: Vec<String> = svids
+        .iter()
+        .map(|d| wg_public_key(&lab, &d.join("wg.key")))
+        .collect();
+    for i in 1..=N {
+        let peers = (1..=N)
+            .filter(|&j| j != i)
+            .map(|j| identity_peer(j, Expect::Id(spiffe_gateway(j, "gw"))))
+            .collect();
+        let svid = &svids[i - 1];
+        write_identity_config(&lab, i, svid, &svid.join("wg.key"), peers);
+    }
+    for i in 1..=N {
+        start(&lab, i);
+    }
+    let up = Instant::now();
+    let deadline = up + MESH_DEADLINE;
+    for i in 1..=N {
+        for j in (1..=N).filter(|&j| j != i) {
+            wait_pod_reaches(&lab, i, j, deadline, up);
+        }
+    }
+    eprintln!(
+        "full mesh of {N} passes pings {:?} after start",
+        up.elapsed()
+    );
+    for i in 1..=N {
+        for j in (1..=N).filter(|&j| j != i) {
+            common::assert_pings(&lab, &lab.pod_ns(i), pod(j), 3);
+        }
+    }
+    for i in 1..=N {
+        let list = peers(&lab, i);
+        assert_eq!(list.len(), N - 1, "gateway {i}: {list:?}");
+        for j in (1..=N).filter(|&j| j != i) {
+            assert_verified_peer(
+                &lab,
+                i,
+                &format!("c{j}"),
+                &spiffe_gateway(j, "gw"),
+                &keys[j - 1],
+            );
+        }
+    }
+}
+
+#[test]
+fn wrong_identity_or_unbound_key_gets_no_tunnel() {
+    let lab = common::lab(2);
+    let pki = Pki::new(&lab, 2);
+    let gw1 = pki.issue(&lab, 1, "gw", "c1-gw");
+    // (a) A valid SVID of cluster c2, but for node `other` where gw1 expects node `gw`.
+    let other = pki.issue(&lab, 2, "other", "c2-other");
+    write_identity_config(
+        &lab,
+        1,
+        &gw1,
+        &gw1.join("wg.key"),
+        vec![identity_peer(2, Expect::Id(spiffe_gateway(2, "gw")))],
+    );
+    write_identity_config(
+        &lab,
+        2,
+        &other,
+        &other.join("wg.key"),
+        vec![identity_peer(1, Expect::Id(spiffe_gateway(1, "gw")))],
+    );
+    start(&lab, 1);
+    start(&lab, 2);
+
+    let refused = |p: &Value| {
+        let reason = p["status_reason"].as_str().unwrap_or_default();
+        p["status"] == "error"
+            && (reason.contains("wrong-identity")
+                || reason.contains("not-a-peer")
+                || reason.contains("not a configured peer"))
+    };
+    let shown = wait_for(
+        || find_peer(&lab, 1, "c2").is_some_and(|p| refused(&p)),
+        REFUSAL_DEADLINE,
+    );
+    let row = assert_unjoined(&lab, 1, "c2", "wrong identity");
+    assert!(
+        shown,
+        "gateway 1 does not say why c2 (presenting {}) was refused within {REFUSAL_DEADLINE:?}: {row}",
+        spiffe_gateway(2, "other")
+    );
+    assert_eq!(row["spiffe_id"], spiffe_gateway(2, "gw"), "{row}");
+    eprintln!("wrong identity, gateway 1 says: {}", row["status_reason"]);
+    let received = lab.ping(&lab.pod_ns(1), pod(2), 3).unwrap_or(0);
+    assert_eq!(
+        received, 0,
+        "pod 1 reached pod 2 through a gateway with the wrong identity"
+    );
+    // gw2 must not have installed gw1 either (gw1 refused to let it join, or it refused gw1).
+    let row2 = assert_unjoined(&lab, 2, "c1", "wrong identity, remote side");
+    eprintln!("wrong identity, gateway 2 says: {}", row2["status_reason"]);
+    let row = assert_unjoined(&lab, 1, "c2", "wrong identity, after pings");
+    assert!(refused(&row), "gateway 1 row changed: {row}");
+
+    // (b) The right identity, but a WireGuard key its SVID does not bind.
+    lab.stop_gateway(2, Signal::Term)
+        .unwrap_or_else(|e| panic!("stopping gateway 2: {e:#}"));
+    let gw2 = pki.issue(&lab, 2, "gw", "c2-gw");
+    let stray_key = lab.dir().join("c2-stray.key");
+    std::fs::write(&stray_key, tunctl_ok(&lab, &["genkey"])).expect("writing the stray key");
+    assert_ne!(
+        wg_public_key(&lab, &stray_key),
+        wg_public_key(&lab, &gw2.join("wg.key")),
+        "genkey gave the SVID's key"
+    );
+    write_identity_config(
+        &lab,
+        2,
+        &gw2,
+        &stray_key,
+        vec![identity_peer(1, Expect::Id(spiffe_gateway(1, "gw")))],
+    );
+    let err = match lab.start_gateway(2) {
+        Ok(()) => {
+            lab.dump_gateway_logs();
+            panic!("gateway 2 started with a WireGuard key its SVID does not bind");
+        }
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(!lab.gateway_running(2), "gateway 2 is still running: {err}");
+    assert!(
+        err.contains("exited with") && !err.contains("exit status: 0"),
+        "gateway 2 did not exit non-zero: {err}"
+    );
+    let stderr = lab.gateway_stderr(2);
+    assert!(
+        stderr.contains("svid_file"),
+        "gateway 2's error does not name svid_file: {stderr}"
+    );
+    assert!(
+        stderr.contains("key-mismatch") || stderr.contains("binds WireGuard key"),
+        "gateway 2's error does not name the key binding rule: {stderr}"
+    );
+    eprintln!(
+        "mismatched key, gateway 2 refuses to start: {}",
+        stderr.trim()
+    );
+
+    // The remote view: gw1 never installs anything for c2, and says its join fails.
+    let refused_since = Instant::now();
+    let mut last = Value::Null;
+    while refused_since.elapsed() < Duration::from_secs(3) {
+        last = assert_unjoined(&lab, 1, "c2", "gateway 2 down with a mismatched key");
+        let reason = last["status_reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.starts_with("join"),
+            "gateway 1 row for c2 gives no join reason: {last}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    eprintln!("mismatched key, gateway 1 says: {}", last["status_reason"]);
+    let received = lab.ping(&lab.pod_ns(1), pod(2), 2).unwrap_or(0);
+    assert_eq!(received, 0, "pod 1 reached pod 2");
+}
+
+#[test]
+fn cluster_peer_accepts_any_gateway_of_that_cluster() {
+    let lab = common::lab(2);
+    let pki = Pki::new(&lab, 2);
+    let gw1 = pki.issue(&lab, 1, "gw", "c1-gw");
+    // Any node name of cluster c2 will do for gw1; gw1 never hears `east` in its config.
+    let gw2 = pki.issue(&lab, 2, "east", "c2-east");
+    let key1 = wg_public_key(&lab, &gw1.join("wg.key"));
+    let key2 = wg_public_key(&lab, &gw2.join("wg.key"));
+    let text = write_identity_config(
+        &lab,
+        1,
+        &gw1,
+        &gw1.join("wg.key"),
+        vec![identity_peer(2, Expect::Cluster("c2".into()))],
+    );
+    assert!(
+        text.contains("cluster = \"c2\"") && !text.contains("spiffe_id"),
+        "{text}"
+    );
+    write_identity_config(
+        &lab,
+        2,
+        &gw2,
+        &gw2.join("wg.key"),
+        vec![identity_peer(1, Expect::Id(spiffe_gateway(1, "gw")))],
+    );
+    start(&lab, 1);
+    start(&lab, 2);
+    let up = Instant::now();
+    let deadline = up + MESH_DEADLINE;
+    wait_pod_reaches(&lab, 1, 2, deadline, up);
+    wait_pod_reaches(&lab, 2, 1, deadline, up);
+    eprintln!("cluster peer passes pings {:?} after start", up.elapsed());
+    common::assert_pings(&lab, &lab.pod_ns(1), pod(2), 3);
+    common::assert_pings(&lab, &lab.pod_ns(2), pod(1), 3);
+    assert_eq!(peers(&lab, 1).len(), 1, "{:?}", peers(&lab, 1));
+    assert_eq!(peers(&lab, 2).len(), 1, "{:?}", peers(&lab, 2));
+    assert_verified_peer(&lab, 1, "c2", &spiffe_gateway(2, "east"), &key2);
+    assert_verified_peer(&lab, 2, "c1", &spiffe_gateway(1, "gw"), &key1);
+}
