@@ -193,6 +193,32 @@ impl Lab {
             .with_context(|| format!("tunctl {} printed no JSON:\n{text}", args.join(" ")))
     }
 
+    /// `tunctl peers -o json` of gateway `i` as a list. Panics with the reason: for tests.
+    pub fn peers_json(&self, i: usize) -> Vec<serde_json::Value> {
+        let v = self
+            .tunctl(i, &["-o", "json", "peers"])
+            .unwrap_or_else(|e| panic!("tunctl peers on gateway {i}: {e:#}"));
+        match v {
+            serde_json::Value::Array(list) => list,
+            other => panic!("tunctl peers on gateway {i} printed no list: {other}"),
+        }
+    }
+
+    /// Gateway `i`'s row for its peer named `name`. Panics when there is none: for tests.
+    pub fn peer_json(&self, i: usize, name: &str) -> serde_json::Value {
+        let all = self.peers_json(i);
+        all.iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("gateway {i} has no peer {name}: {all:?}"))
+    }
+
+    /// `tunctl status -o json` of gateway `i`. Panics with the reason: for tests.
+    pub fn status_json(&self, i: usize) -> serde_json::Value {
+        self.tunctl(i, &["-o", "json", "status"])
+            .unwrap_or_else(|e| panic!("tunctl status on gateway {i}: {e:#}"))
+    }
+
     /// Runs `tunctl --socket <admin socket of i> ARGS…` and returns its stdout as text.
     pub fn tunctl_text(&self, i: usize, args: &[&str]) -> Result<String> {
         let bin = self.binary(TUNCTL_BIN)?;

@@ -79,6 +79,14 @@ pub fn try_wait_for(
     Ok(())
 }
 
+/// A non-negative integer field of a tunctl JSON object; panics naming the field and the
+/// object when it is missing, so a renamed counter cannot make a test pass vacuously.
+pub fn json_u64(v: &serde_json::Value, field: &str) -> u64 {
+    v[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no numeric {field:?} in {v}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

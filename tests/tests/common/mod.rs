@@ -90,35 +90,22 @@ pub fn ping_sized(
 
 /// `tunctl peers -o json` of cluster `i`'s gateway.
 pub fn peers(lab: &Lab, i: usize) -> Vec<Value> {
-    let json = lab
-        .tunctl(i, &["peers", "-o", "json"])
-        .unwrap_or_else(|e| panic!("tunctl peers on gateway {i}: {e:#}"));
-    match json {
-        Value::Array(list) => list,
-        other => panic!("tunctl peers on gateway {i} printed no list: {other}"),
-    }
+    lab.peers_json(i)
 }
 
 /// Gateway `i`'s view of its peer named `name`.
 pub fn peer(lab: &Lab, i: usize, name: &str) -> Value {
-    let list = peers(lab, i);
-    list.iter()
-        .find(|p| p["name"] == name)
-        .cloned()
-        .unwrap_or_else(|| panic!("gateway {i} has no peer {name}: {list:?}"))
+    lab.peer_json(i, name)
 }
 
 /// `tunctl status -o json` of cluster `i`'s gateway.
 pub fn status(lab: &Lab, i: usize) -> Value {
-    lab.tunctl(i, &["status", "-o", "json"])
-        .unwrap_or_else(|e| panic!("tunctl status on gateway {i}: {e:#}"))
+    lab.status_json(i)
 }
 
 /// A non-negative integer field of a tunctl JSON object.
 pub fn counter(v: &Value, field: &str) -> u64 {
-    v[field]
-        .as_u64()
-        .unwrap_or_else(|| panic!("field {field} missing or not a counter in {v}"))
+    isthmus_lab::json_u64(v, field)
 }
 
 /// `dropped.<reason>` of a peer or of the interface status; a missing reason is a failure, so

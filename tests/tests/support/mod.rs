@@ -56,34 +56,22 @@ pub fn assert_pings(lab: &Lab, ns: &str, addr: Ipv4Addr, count: u32) {
 
 /// `tunctl peers -o json` of gateway `i`.
 pub fn peers(lab: &Lab, i: usize) -> Vec<Value> {
-    let v = lab
-        .tunctl(i, &["-o", "json", "peers"])
-        .unwrap_or_else(|e| panic!("tunctl peers on gateway {i}: {e:#}"));
-    v.as_array()
-        .unwrap_or_else(|| panic!("tunctl peers -o json is not an array: {v}"))
-        .clone()
+    lab.peers_json(i)
 }
 
 /// Gateway `i`'s peer named `name`, from `tunctl peers -o json`.
 pub fn peer(lab: &Lab, i: usize, name: &str) -> Value {
-    let all = peers(lab, i);
-    all.iter()
-        .find(|p| p["name"] == name)
-        .cloned()
-        .unwrap_or_else(|| panic!("gateway {i} has no peer {name}: {all:?}"))
+    lab.peer_json(i, name)
 }
 
 /// `tunctl status -o json` of gateway `i`.
 pub fn status(lab: &Lab, i: usize) -> Value {
-    lab.tunctl(i, &["-o", "json", "status"])
-        .unwrap_or_else(|e| panic!("tunctl status on gateway {i}: {e:#}"))
+    lab.status_json(i)
 }
 
 /// A numeric field of a JSON object, panicking with the object if it is missing.
 pub fn num(v: &Value, field: &str) -> u64 {
-    v[field]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no numeric {field:?} in {v}"))
+    isthmus_lab::json_u64(v, field)
 }
 
 /// Where a tool is: on `PATH`, else in `~/.cargo/bin` (where `cargo install` puts
