@@ -190,7 +190,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let joins = match &config.identity {
+    let mut joins = match &config.identity {
         Some(identity) => Some(
             joins::start(
                 state.clone(),
@@ -218,7 +218,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                reload(&state, &nl, index, &mut routes).await;
+                let rotated = reload(&state, &nl, index, &mut routes).await;
+                if rotated {
+                    // New key or SVID: the join listener must present the new chain, and
+                    // every peer by identity must learn the new binding through a re-join.
+                    if let Some(j) = joins.take() {
+                        j.stop();
+                    }
+                    let (identity, key) = {
+                        let cfg = state.config.read();
+                        (cfg.identity.clone(), cfg.interface.private_key.clone())
+                    };
+                    if let Some(identity) = identity {
+                        state.membership.lock().mark_rejoin_all();
+                        match joins::start(state.clone(), identity, key).await {
+                            Ok(j) => joins = Some(j),
+                            Err(e) => tracing::error!(error = format!("{e:#}"), "join listener did not restart after rotation"),
+                        }
+                    }
+                }
                 if let Some(j) = &joins {
                     j.reconfigured(&state);
                 }
@@ -302,18 +320,19 @@ async fn wait_link_gone(nl: &impl LinkControl, name: &str) {
 }
 
 /// SIGHUP: re-read the file; apply peer changes atomically, or keep everything on error.
+/// Returns whether the interface's key or SVID was rotated.
 async fn reload(
     state: &DaemonState,
     nl: &impl LinkControl,
     index: u32,
     routes: &mut BTreeSet<IpNet>,
-) {
+) -> bool {
     let path = state.config.read().source.clone();
     let new = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "reload refused; the running configuration is unchanged");
-            return;
+            return false;
         }
     };
     {
@@ -323,9 +342,6 @@ async fn reload(
         let mut ignored = Vec::new();
         if i_old.name != i_new.name {
             ignored.push("interface.name");
-        }
-        if i_old.private_key.public_key() != i_new.private_key.public_key() {
-            ignored.push("interface.private_key_file");
         }
         if i_old.listen_port != i_new.listen_port {
             ignored.push("interface.listen_port");
@@ -343,6 +359,7 @@ async fn reload(
             tracing::warn!(fields = ?ignored, "these changes take effect only after a restart");
         }
     }
+    let rotated = rotate(state, &new);
     let new_peers = new.peers.clone();
     let new_identity_peers = new.identity_peers.clone();
     {
@@ -381,4 +398,41 @@ async fn reload(
         kept = diff.kept.len(),
         "configuration reloaded"
     );
+    rotated
+}
+
+/// Applies a new interface key and/or SVID from a reloaded file (static key rotation). The new
+/// SVID already verified against the bundle and binds the new key (checked at load).
+fn rotate(state: &DaemonState, new: &Config) -> bool {
+    let (key_changed, svid_changed) = {
+        let old = state.config.read();
+        (
+            old.interface.private_key.public_key() != new.interface.private_key.public_key(),
+            old.identity.as_ref().map(|i| &i.chain) != new.identity.as_ref().map(|i| &i.chain),
+        )
+    };
+    if !key_changed && !svid_changed {
+        return false;
+    }
+    if key_changed {
+        state
+            .engine
+            .set_private_key(new.interface.private_key.clone());
+        if !new.peers.is_empty() {
+            tracing::warn!(
+                peers = new.peers.len(),
+                "static key rotated: peers configured by public_key must be given the new key"
+            );
+        }
+    }
+    let mut cfg = state.config.write();
+    cfg.interface.private_key = new.interface.private_key.clone();
+    cfg.interface.private_key_file = new.interface.private_key_file.clone();
+    cfg.identity = new.identity.clone();
+    tracing::info!(
+        public_key = %new.interface.private_key.public_key(),
+        id = new.identity.as_ref().map(|i| i.id.as_str()).unwrap_or("-"),
+        "interface key/SVID rotated; re-joining peers by identity"
+    );
+    true
 }

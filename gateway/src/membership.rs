@@ -69,6 +69,8 @@ pub enum SlotState {
 pub struct Slot {
     pub config: IdentityPeerConfig,
     pub state: SlotState,
+    /// Join again although joined: our key or SVID changed and the peer must learn it.
+    pub rejoin: bool,
 }
 
 #[derive(Debug, Default)]
@@ -96,6 +98,7 @@ impl Membership {
             self.slots.push(Slot {
                 config: c.clone(),
                 state,
+                rejoin: false,
             });
         }
     }
@@ -116,6 +119,7 @@ impl Membership {
             .iter()
             .position(|s| s.config.expected.matches(verified.id()))?;
         let slot = &mut self.slots[i];
+        slot.rejoin = false;
         slot.state = SlotState::Joined {
             key: PublicKey::from_bytes(peer.joined.remote_static),
             id: verified.id().as_str().to_string(),
@@ -131,6 +135,19 @@ impl Membership {
                 *last_error = Some(reason);
             }
         }
+    }
+
+    pub fn mark_rejoin_all(&mut self) {
+        for s in &mut self.slots {
+            s.rejoin = true;
+        }
+    }
+
+    /// Whether slot `i` needs a join: not joined yet, or marked for a re-join.
+    pub fn wants_join(&self, i: usize) -> bool {
+        self.slots
+            .get(i)
+            .is_some_and(|s| s.rejoin || !matches!(s.state, SlotState::Joined { .. }))
     }
 
     pub fn is_joined(&self, i: usize) -> bool {

@@ -495,3 +495,127 @@ fn cluster_peer_accepts_any_gateway_of_that_cluster() {
     assert_verified_peer(&lab, 1, "c2", &spiffe_gateway(2, "east"), &key2);
     assert_verified_peer(&lab, 2, "c1", &spiffe_gateway(1, "gw"), &key1);
 }
+
+/// The longest run of iperf3 intervals (from `-J -i`) in which the receiver got nothing, in
+/// seconds, and the bytes received in all.
+fn longest_stall(iperf_json: &str) -> (f64, u64) {
+    let v: Value = serde_json::from_str(iperf_json)
+        .unwrap_or_else(|e| panic!("iperf3 printed no JSON ({e}):\n{iperf_json}"));
+    let mut longest = 0.0f64;
+    let mut run = 0.0f64;
+    for iv in v["intervals"].as_array().expect("iperf3 intervals") {
+        let s = &iv["sum"];
+        let secs = s["seconds"].as_f64().unwrap_or(0.0);
+        if s["bytes"].as_u64().unwrap_or(0) == 0 {
+            run += secs;
+            longest = longest.max(run);
+        } else {
+            run = 0.0;
+        }
+    }
+    let total = v["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
+    (longest, total)
+}
+
+#[test]
+fn static_key_rotation_under_load_keeps_the_transfer_going() {
+    let lab = common::lab(2);
+    let pki = Pki::new(&lab, 2);
+    let gw1 = pki.issue(&lab, 1, "gw", "c1-gw");
+    let gw2 = pki.issue(&lab, 2, "gw", "c2-gw");
+    let old_key2 = wg_public_key(&lab, &gw2.join("wg.key"));
+    write_identity_config(
+        &lab,
+        1,
+        &gw1,
+        &gw1.join("wg.key"),
+        vec![identity_peer(2, Expect::Id(spiffe_gateway(2, "gw")))],
+    );
+    write_identity_config(
+        &lab,
+        2,
+        &gw2,
+        &gw2.join("wg.key"),
+        vec![identity_peer(1, Expect::Id(spiffe_gateway(1, "gw")))],
+    );
+    start(&lab, 1);
+    start(&lab, 2);
+    let up = Instant::now();
+    wait_pod_reaches(&lab, 1, 2, up + MESH_DEADLINE, up);
+    assert_verified_peer(&lab, 1, "c2", &spiffe_gateway(2, "gw"), &old_key2);
+
+    // A TCP transfer from pod 2 to pod 1 (-R: the client in pod 1 receives, so its 100 ms
+    // intervals count bytes that really crossed the tunnel, not bytes buffered for sending).
+    let mut server = Command::new("iperf3");
+    server.args(["-s", "-1"]);
+    let _server = lab.spawn(&lab.pod_ns(2), &server).expect("iperf3 server");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut client = Command::new("iperf3");
+    client.args([
+        "-c",
+        &pod(2).to_string(),
+        "-t",
+        "6",
+        "-i",
+        "0.1",
+        "-J",
+        "-R",
+    ]);
+    let mut client = lab.spawn(&lab.pod_ns(1), &client).expect("iperf3 client");
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Rotate gw2: a new SVID bound to a new WireGuard key, picked up on SIGHUP.
+    let gw2_new = pki.issue(&lab, 2, "gw", "c2-gw-rotated");
+    let new_key2 = wg_public_key(&lab, &gw2_new.join("wg.key"));
+    assert_ne!(new_key2, old_key2);
+    write_identity_config(
+        &lab,
+        2,
+        &gw2_new,
+        &gw2_new.join("wg.key"),
+        vec![identity_peer(1, Expect::Id(spiffe_gateway(1, "gw")))],
+    );
+    lab.signal_gateway(2, Signal::Hup).expect("SIGHUP gw2");
+
+    let status = client
+        .wait_timeout(Duration::from_secs(20))
+        .expect("waiting for iperf3")
+        .expect("iperf3 finished");
+    let out = client.stdout();
+    assert!(
+        status.success(),
+        "iperf3 failed across the rotation ({status}):\n{out}\n{}",
+        client.stderr()
+    );
+    let (stall, bytes) = longest_stall(&out);
+    eprintln!(
+        "key rotation under load: longest gap in traffic {stall:.1} s, {bytes} bytes received"
+    );
+    assert!(
+        bytes > 10_000_000,
+        "too little traffic crossed: {bytes} bytes"
+    );
+    assert!(
+        stall < 2.0,
+        "traffic stopped for {stall:.1} s during rotation (target < 1 s)"
+    );
+
+    // gw1 now knows gw2 only by its new key; the old one is no longer installed, so a
+    // handshake with it would be refused as from an unknown peer.
+    assert_verified_peer(&lab, 1, "c2", &spiffe_gateway(2, "gw"), &new_key2);
+    let keys: Vec<Value> = peers(&lab, 1)
+        .iter()
+        .map(|p| p["public_key"].clone())
+        .collect();
+    assert_eq!(
+        keys,
+        vec![Value::from(new_key2.clone())],
+        "gw1 peers after rotation"
+    );
+    let status2 = lab.status_json(2);
+    assert_eq!(
+        status2["public_key"], new_key2,
+        "gw2 runs with the new key: {status2}"
+    );
+    common::assert_pings(&lab, &lab.pod_ns(2), pod(1), 3);
+}

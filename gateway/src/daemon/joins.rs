@@ -78,27 +78,39 @@ pub(super) async fn start(
         }),
     });
     let addr = SocketAddr::from((Ipv6Addr::UNSPECIFIED, identity.join_port));
-    let limiter = JoinRateLimiter::new(RateLimitConfig::default());
-    let (listener, mut incoming) = match join_listen(
-        addr,
-        key.clone(),
-        identity.chain.clone(),
-        verifier.clone(),
-        limiter,
-    )
-    .await
-    {
-        Ok(l) => l,
-        // No IPv6 in this namespace: IPv4 only.
-        Err(_) => {
-            join_listen(
-                SocketAddr::from(([0, 0, 0, 0], identity.join_port)),
-                key.clone(),
-                identity.chain.clone(),
-                verifier.clone(),
-                JoinRateLimiter::new(RateLimitConfig::default()),
-            )
-            .await?
+    // After a rotation the previous listener is aborted but may not have closed its socket
+    // yet: retry a bind that finds the port busy for a short while.
+    let mut tries = 0;
+    let (listener, mut incoming) = loop {
+        let limiter = JoinRateLimiter::new(RateLimitConfig::default());
+        let result = match join_listen(
+            addr,
+            key.clone(),
+            identity.chain.clone(),
+            verifier.clone(),
+            limiter,
+        )
+        .await
+        {
+            // No IPv6 in this namespace: IPv4 only.
+            Err(e) if e.kind() != std::io::ErrorKind::AddrInUse => {
+                join_listen(
+                    SocketAddr::from(([0, 0, 0, 0], identity.join_port)),
+                    key.clone(),
+                    identity.chain.clone(),
+                    verifier.clone(),
+                    JoinRateLimiter::new(RateLimitConfig::default()),
+                )
+                .await
+            }
+            r => r,
+        };
+        match result {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 40 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            r => break r?,
         }
     };
     tracing::info!(
@@ -175,7 +187,7 @@ async fn connect_loop(
             m.slots
                 .iter()
                 .enumerate()
-                .filter(|(i, _)| !m.is_joined(*i))
+                .filter(|(i, _)| m.wants_join(*i))
                 .filter_map(|(i, s)| {
                     s.config
                         .join_endpoint

@@ -56,14 +56,32 @@ pub struct PeerDiff {
 }
 
 pub struct Engine {
-    private: PrivateKey,
-    static_public: x25519_dalek::PublicKey,
+    /// Replaced whole on key rotation.
+    keys: ArcSwap<Keys>,
     peers: ArcSwap<PeerSet>,
-    rate_limiter: Arc<RateLimiter>,
     next_index: AtomicU32,
     /// Padding never takes a packet past the tunnel MTU.
     mtu: usize,
     pub drops: DropCounters,
+}
+
+/// The interface's static key and what derives from it (mac1 and cookies are keyed by it).
+struct Keys {
+    private: PrivateKey,
+    static_public: x25519_dalek::PublicKey,
+    rate_limiter: Arc<RateLimiter>,
+}
+
+impl Keys {
+    fn new(private: PrivateKey) -> Self {
+        let static_public = x25519_dalek::PublicKey::from(private.secret());
+        let rate_limiter = Arc::new(RateLimiter::new(&static_public, HANDSHAKE_RATE_LIMIT));
+        Self {
+            private,
+            static_public,
+            rate_limiter,
+        }
+    }
 }
 
 fn drop_reason(e: &WireGuardError) -> DropReason {
@@ -86,13 +104,9 @@ fn drop_reason(e: &WireGuardError) -> DropReason {
 
 impl Engine {
     pub fn new(private: PrivateKey, mtu: usize, peers: &[PeerConfig]) -> Self {
-        let static_public = x25519_dalek::PublicKey::from(private.secret());
-        let rate_limiter = Arc::new(RateLimiter::new(&static_public, HANDSHAKE_RATE_LIMIT));
         let engine = Self {
-            private,
-            static_public,
+            keys: ArcSwap::from_pointee(Keys::new(private)),
             peers: ArcSwap::from_pointee(PeerSet::default()),
-            rate_limiter,
             // Index 0 is never handed out, so a zeroed receiver index never matches.
             next_index: AtomicU32::new(1),
             mtu,
@@ -103,11 +117,28 @@ impl Engine {
     }
 
     pub fn public_key(&self) -> PublicKey {
-        self.private.public_key()
+        self.keys.load().private.public_key()
     }
 
-    pub fn private_key(&self) -> &PrivateKey {
-        &self.private
+    pub fn private_key(&self) -> PrivateKey {
+        self.keys.load().private.clone()
+    }
+
+    /// Rotates the interface's static key: every peer's sessions restart under the new key
+    /// (handshakes go out at the next tick). Peers that still expect the old key will refuse
+    /// the new handshakes until they learn the new binding (a re-join, or a config change).
+    pub fn set_private_key(&self, private: PrivateKey) {
+        let keys = Keys::new(private);
+        let peers = self.peers.load();
+        for peer in &peers.list {
+            peer.tunn.lock().set_static_private(
+                keys.private.secret().clone(),
+                keys.static_public,
+                Some(keys.rate_limiter.clone()),
+            );
+            peer.initiate.store(true, Ordering::Relaxed);
+        }
+        self.keys.store(Arc::new(keys));
     }
 
     pub fn peers(&self) -> arc_swap::Guard<Arc<PeerSet>> {
@@ -115,13 +146,14 @@ impl Engine {
     }
 
     fn new_tunn(&self, config: &PeerConfig, index: u32) -> Tunn {
+        let keys = self.keys.load();
         Tunn::new(
-            self.private.secret().clone(),
+            keys.private.secret().clone(),
             config.public_key.to_dalek(),
             config.preshared_key,
             config.persistent_keepalive,
             index,
-            Some(self.rate_limiter.clone()),
+            Some(keys.rate_limiter.clone()),
         )
     }
 
@@ -253,10 +285,11 @@ impl Engine {
         let peers = self.peers.load();
         let peer = match packet {
             Packet::HandshakeInit(_) => {
+                let keys = self.keys.load();
                 // MACs (and, under load, the cookie) are checked before the costly DH below.
                 let verified = {
                     let slot = tx.slot();
-                    match self
+                    match keys
                         .rate_limiter
                         .verify_packet(Some(src.ip()), datagram, slot)
                     {
@@ -279,7 +312,7 @@ impl Engine {
                     }
                 };
                 let half =
-                    match parse_handshake_anon(self.private.secret(), &self.static_public, &init) {
+                    match parse_handshake_anon(keys.private.secret(), &keys.static_public, &init) {
                         Ok(h) => h,
                         Err(e) => {
                             self.drops.inc(drop_reason(&e));
@@ -407,7 +440,7 @@ impl Engine {
     /// 250 ms. Resets the handshake rate limiter when `reset_rate_limit` is set (every second).
     pub fn tick(&self, tx: &mut TxQueue, now: SystemTime, reset_rate_limit: bool) {
         if reset_rate_limit {
-            self.rate_limiter.reset_count();
+            self.keys.load().rate_limiter.reset_count();
         }
         let peers = self.peers.load();
         for peer in &peers.list {
