@@ -401,14 +401,17 @@ async fn reload(
     rotated
 }
 
-/// Applies a new interface key and/or SVID from a reloaded file (static key rotation). The new
-/// SVID already verified against the bundle and binds the new key (checked at load).
+/// Applies a new interface key, SVID and/or trust bundle from a reloaded file (static key
+/// rotation, root rollover). The new SVID already verified against the new bundle and binds the
+/// new key (checked at load).
 fn rotate(state: &DaemonState, new: &Config) -> bool {
     let (key_changed, svid_changed) = {
         let old = state.config.read();
         (
             old.interface.private_key.public_key() != new.interface.private_key.public_key(),
-            old.identity.as_ref().map(|i| &i.chain) != new.identity.as_ref().map(|i| &i.chain),
+            // A new SVID, or a bundle with a root added or removed (root rollover).
+            old.identity.as_ref().map(|i| (&i.chain, &i.bundle))
+                != new.identity.as_ref().map(|i| (&i.chain, &i.bundle)),
         )
     };
     if !key_changed && !svid_changed {

@@ -55,7 +55,12 @@ struct Pki {
 impl Pki {
     /// `tunctl pki init`, then `tunctl pki intermediate --cluster c{i}` for `i` in `1..=clusters`.
     fn new(lab: &Lab, clusters: usize) -> Pki {
-        let dir = lab.dir().join("pki");
+        Self::new_in(lab, clusters, "pki")
+    }
+
+    /// Like [`Pki::new`], under `<lab dir>/<name>`: a second, independent root.
+    fn new_in(lab: &Lab, clusters: usize, name: &str) -> Pki {
+        let dir = lab.dir().join(name);
         let root = dir.join("root");
         tunctl_ok(
             lab,
@@ -618,4 +623,100 @@ fn static_key_rotation_under_load_keeps_the_transfer_going() {
         "gw2 runs with the new key: {status2}"
     );
     common::assert_pings(&lab, &lab.pod_ns(2), pod(1), 3);
+}
+
+/// A copy of the SVID directory `src` (svid.pem, svid.key, wg.key) whose bundle.pem is
+/// `bundle`: the same identity, trusting other roots.
+fn with_bundle(src: &Path, bundle: &str, out: &Path) -> PathBuf {
+    std::fs::create_dir_all(out).expect("creating the SVID copy");
+    for f in ["svid.pem", "svid.key", "wg.key"] {
+        std::fs::copy(src.join(f), out.join(f)).unwrap_or_else(|e| panic!("copying {f}: {e}"));
+    }
+    std::fs::write(out.join("bundle.pem"), bundle).expect("writing bundle.pem");
+    out.to_path_buf()
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
+}
+
+#[test]
+fn root_rollover_without_downtime() {
+    let lab = common::lab(2);
+    let old = Pki::new(&lab, 2);
+    let new = Pki::new_in(&lab, 2, "pki-new");
+    let id = |i| spiffe_gateway(i, "gw");
+    let peer_of = |i: usize| {
+        vec![identity_peer(
+            3 - i,
+            Expect::Id(spiffe_gateway(3 - i, "gw")),
+        )]
+    };
+    let svid = [
+        old.issue(&lab, 1, "gw", "c1-old"),
+        old.issue(&lab, 2, "gw", "c2-old"),
+    ];
+    for i in 1..=2 {
+        let d = &svid[i - 1];
+        write_identity_config(&lab, i, d, &d.join("wg.key"), peer_of(i));
+        start(&lab, i);
+    }
+    let up = Instant::now();
+    wait_pod_reaches(&lab, 1, 2, up + MESH_DEADLINE, up);
+
+    // 1. Both gateways trust the old and the new root.
+    let both = format!(
+        "{}{}",
+        read(&svid[0].join("bundle.pem")),
+        read(&new.dir.join("root").join("ca.pem"))
+    );
+    for i in 1..=2 {
+        let d = with_bundle(&svid[i - 1], &both, &lab.dir().join(format!("c{i}-both")));
+        write_identity_config(&lab, i, &d, &d.join("wg.key"), peer_of(i));
+        lab.signal_gateway(i, Signal::Hup).expect("SIGHUP");
+    }
+    common::assert_pings(&lab, &lab.pod_ns(1), pod(2), 3);
+
+    // 2. Each gateway moves to an SVID from the new root (and a new WireGuard key).
+    for i in 1..=2 {
+        let issued = new.issue(&lab, i, "gw", &format!("c{i}-new"));
+        let d = with_bundle(&issued, &both, &lab.dir().join(format!("c{i}-new-both")));
+        write_identity_config(&lab, i, &d, &d.join("wg.key"), peer_of(i));
+        lab.signal_gateway(i, Signal::Hup).expect("SIGHUP");
+        let key = wg_public_key(&lab, &d.join("wg.key"));
+        let j = 3 - i;
+        let seen = wait_for(
+            || {
+                find_peer(&lab, j, &format!("c{i}"))
+                    .is_some_and(|p| p["public_key"] == key.as_str() && p["status"] == "connected")
+            },
+            Duration::from_secs(10),
+        );
+        assert!(
+            seen,
+            "gateway {j} did not take gateway {i}'s new key: {:?}",
+            peers(&lab, j)
+        );
+        common::assert_pings(&lab, &lab.pod_ns(1), pod(2), 2);
+    }
+
+    // 3. The old root leaves both bundles; everything keeps working on the new root.
+    let only_new = read(&new.dir.join("root").join("ca.pem"));
+    for i in 1..=2 {
+        let d = with_bundle(
+            &lab.dir().join(format!("c{i}-new-both")),
+            &only_new,
+            &lab.dir().join(format!("c{i}-new-only")),
+        );
+        write_identity_config(&lab, i, &d, &d.join("wg.key"), peer_of(i));
+        lab.signal_gateway(i, Signal::Hup).expect("SIGHUP");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    common::assert_pings(&lab, &lab.pod_ns(1), pod(2), 3);
+    common::assert_pings(&lab, &lab.pod_ns(2), pod(1), 3);
+    for i in 1..=2 {
+        let p = find_peer(&lab, i, &format!("c{}", 3 - i)).expect("peer row");
+        assert_eq!(p["verified"], true, "{p}");
+        assert_eq!(p["spiffe_id"], id(3 - i), "{p}");
+    }
 }
