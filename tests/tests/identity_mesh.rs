@@ -720,3 +720,77 @@ fn root_rollover_without_downtime() {
         assert_eq!(p["spiffe_id"], id(3 - i), "{p}");
     }
 }
+
+#[test]
+fn garbage_on_the_join_port_leaves_live_tunnels_alone() {
+    let lab = common::lab(2);
+    let pki = Pki::new(&lab, 2);
+    for i in 1..=2 {
+        let d = pki.issue(&lab, i, "gw", &format!("c{i}-gw"));
+        write_identity_config(
+            &lab,
+            i,
+            &d,
+            &d.join("wg.key"),
+            vec![identity_peer(
+                3 - i,
+                Expect::Id(spiffe_gateway(3 - i, "gw")),
+            )],
+        );
+        start(&lab, i);
+    }
+    let up = Instant::now();
+    wait_pod_reaches(&lab, 1, 2, up + MESH_DEADLINE, up);
+    let before = find_peer(&lab, 2, "c1").expect("gw2 row for c1");
+
+    // From a stranger on the WAN: random bytes, truncated and oversized frames, and frames
+    // that stop half way, on many connections to gw2's join port.
+    let junk = lab
+        .add_wan_host("junk", "10.255.0.99".parse().unwrap())
+        .expect("WAN host");
+    let script = r#"
+import os, socket, struct, random
+random.seed(7)
+sent = 0
+for i in range(300):
+    try:
+        s = socket.create_connection(("10.255.0.12", 51821), timeout=2)
+        kind = i % 4
+        if kind == 0:
+            s.sendall(os.urandom(random.randint(1, 3000)))
+        elif kind == 1:
+            s.sendall(struct.pack(">H", 500) + os.urandom(100))
+        elif kind == 2:
+            s.sendall(struct.pack(">H", 65535) + os.urandom(64))
+        else:
+            s.sendall(struct.pack(">H", 32) + b"\x00\x01" + os.urandom(30))
+        s.close()
+        sent += 1
+    except OSError:
+        pass
+print(sent)
+"#;
+    let out = lab
+        .run(&junk, &["python3", "-c", script])
+        .expect("sending junk");
+    let sent: u32 = out.trim().parse().unwrap_or(0);
+    assert!(sent > 0, "no junk connection was made: {out}");
+
+    assert!(
+        lab.gateway_running(2),
+        "gw2 died from junk on its join port"
+    );
+    common::assert_pings(&lab, &lab.pod_ns(1), pod(2), 3);
+    common::assert_pings(&lab, &lab.pod_ns(2), pod(1), 3);
+    let after = find_peer(&lab, 2, "c1").expect("gw2 row for c1");
+    assert_eq!(
+        after["public_key"], before["public_key"],
+        "peer key changed: {after}"
+    );
+    assert_eq!(after["verified"], true, "{after}");
+    assert_eq!(
+        after["handshakes"], before["handshakes"],
+        "junk caused a new handshake: {after}"
+    );
+    eprintln!("{sent} junk connections to the join port; tunnel unaffected");
+}
