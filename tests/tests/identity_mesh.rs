@@ -623,6 +623,81 @@ fn static_key_rotation_under_load_keeps_the_transfer_going() {
         "gw2 runs with the new key: {status2}"
     );
     common::assert_pings(&lab, &lab.pod_ns(2), pod(1), 3);
+
+    // The old key no longer handshakes: a stock WireGuard peer (boringtun-cli) holding gw2's
+    // old private key tries to reach gw1 and gets nowhere; gw1 counts it as an unknown peer.
+    let key1 = wg_public_key(&lab, &gw1.join("wg.key"));
+    let unknown_before = common::dropped(&lab.status_json(1), "unknown_peer");
+    let ns = lab
+        .add_wan_host("oldkey", "10.255.0.98".parse().unwrap())
+        .expect("WAN host");
+    let ifname = format!("{}-ok", lab.id());
+    let mut bt = Command::new(boringtun_bin());
+    bt.args(["--foreground", "--disable-drop-privileges", &ifname])
+        .env("WG_SUDO", "1");
+    let bt = lab.spawn(&ns, &bt).expect("boringtun-cli");
+    let sock = Path::new(isthmus_lab::WG_SOCKET_DIR).join(format!("{ifname}.sock"));
+    assert!(
+        wait_for(|| sock.exists(), Duration::from_secs(10)),
+        "boringtun-cli did not start: {}",
+        bt.stderr()
+    );
+    let old_key_file = gw2.join("wg.key");
+    let endpoint1 = format!("{}:{}", plan::wan_addr(1), plan::LISTEN_PORT);
+    let mesh1 = format!("{}/32", plan::mesh_addr(1));
+    lab.run(
+        &ns,
+        &[
+            "wg",
+            "set",
+            &ifname,
+            "private-key",
+            path_str(&old_key_file),
+            "peer",
+            &key1,
+            "endpoint",
+            &endpoint1,
+            "allowed-ips",
+            &mesh1,
+        ],
+    )
+    .expect("wg set");
+    lab.run(&ns, &["ip", "addr", "add", "100.96.0.2/24", "dev", &ifname])
+        .expect("ip addr");
+    lab.run(&ns, &["ip", "link", "set", &ifname, "up"])
+        .expect("ip link");
+    let replies = lab.ping(&ns, plan::mesh_addr(1), 3).unwrap_or(0);
+    assert_eq!(
+        replies, 0,
+        "gw1 answered through a tunnel keyed with gw2's retired key"
+    );
+    let handshakes = lab
+        .run(&ns, &["wg", "show", &ifname, "latest-handshakes"])
+        .expect("wg show");
+    assert!(
+        handshakes
+            .split_whitespace()
+            .nth(1)
+            .is_some_and(|t| t == "0"),
+        "the old key completed a handshake: {handshakes}"
+    );
+    let unknown_after = common::dropped(&lab.status_json(1), "unknown_peer");
+    assert!(unknown_after > unknown_before, "gw1 did not count the old key's handshakes as unknown_peer ({unknown_before} -> {unknown_after})");
+}
+
+/// boringtun-cli on PATH, else where `cargo install` puts it.
+fn boringtun_bin() -> PathBuf {
+    let on_path = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join("boringtun-cli"))
+            .find(|c| c.is_file())
+    });
+    on_path.unwrap_or_else(|| {
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/root"));
+        home.join(".cargo/bin/boringtun-cli")
+    })
 }
 
 /// A copy of the SVID directory `src` (svid.pem, svid.key, wg.key) whose bundle.pem is
