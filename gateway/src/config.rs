@@ -101,13 +101,6 @@ pub struct PeerConfig {
     pub persistent_keepalive: Option<u16>,
 }
 
-impl PeerConfig {
-    /// What logs and tables call this peer.
-    pub fn display_name(&self) -> String {
-        self.name.clone().unwrap_or_else(|| self.public_key.short())
-    }
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {

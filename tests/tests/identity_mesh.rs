@@ -180,6 +180,18 @@ fn identity_peer(j: usize, expect: Expect) -> toml::Value {
     toml::Value::Table(t)
 }
 
+/// Cluster `i`'s config from the SVID directory `dir` (its own wg.key) with one peer by
+/// identity: gateway `gw` of cluster `j`.
+fn write_gw_config(lab: &Lab, i: usize, dir: &Path, j: usize) -> String {
+    write_identity_config(
+        lab,
+        i,
+        dir,
+        &dir.join("wg.key"),
+        vec![identity_peer(j, Expect::Id(spiffe_gateway(j, "gw")))],
+    )
+}
+
 /// Cluster `i`'s default config with the SVID files of `svid_dir`, WireGuard key `wg_key`, and
 /// only the given peers by identity (the lab's `public_key` peers removed). Written to the lab.
 fn write_identity_config(
@@ -351,20 +363,8 @@ fn wrong_identity_or_unbound_key_gets_no_tunnel() {
     let gw1 = pki.issue(&lab, 1, "gw", "c1-gw");
     // (a) A valid SVID of cluster c2, but for node `other` where gw1 expects node `gw`.
     let other = pki.issue(&lab, 2, "other", "c2-other");
-    write_identity_config(
-        &lab,
-        1,
-        &gw1,
-        &gw1.join("wg.key"),
-        vec![identity_peer(2, Expect::Id(spiffe_gateway(2, "gw")))],
-    );
-    write_identity_config(
-        &lab,
-        2,
-        &other,
-        &other.join("wg.key"),
-        vec![identity_peer(1, Expect::Id(spiffe_gateway(1, "gw")))],
-    );
+    write_gw_config(&lab, 1, &gw1, 2);
+    write_gw_config(&lab, 2, &other, 1);
     start(&lab, 1);
     start(&lab, 2);
 
@@ -479,13 +479,7 @@ fn cluster_peer_accepts_any_gateway_of_that_cluster() {
         text.contains("cluster = \"c2\"") && !text.contains("spiffe_id"),
         "{text}"
     );
-    write_identity_config(
-        &lab,
-        2,
-        &gw2,
-        &gw2.join("wg.key"),
-        vec![identity_peer(1, Expect::Id(spiffe_gateway(1, "gw")))],
-    );
+    write_gw_config(&lab, 2, &gw2, 1);
     start(&lab, 1);
     start(&lab, 2);
     let up = Instant::now();
@@ -529,20 +523,8 @@ fn static_key_rotation_under_load_keeps_the_transfer_going() {
     let gw1 = pki.issue(&lab, 1, "gw", "c1-gw");
     let gw2 = pki.issue(&lab, 2, "gw", "c2-gw");
     let old_key2 = wg_public_key(&lab, &gw2.join("wg.key"));
-    write_identity_config(
-        &lab,
-        1,
-        &gw1,
-        &gw1.join("wg.key"),
-        vec![identity_peer(2, Expect::Id(spiffe_gateway(2, "gw")))],
-    );
-    write_identity_config(
-        &lab,
-        2,
-        &gw2,
-        &gw2.join("wg.key"),
-        vec![identity_peer(1, Expect::Id(spiffe_gateway(1, "gw")))],
-    );
+    write_gw_config(&lab, 1, &gw1, 2);
+    write_gw_config(&lab, 2, &gw2, 1);
     start(&lab, 1);
     start(&lab, 2);
     let up = Instant::now();
@@ -573,13 +555,7 @@ fn static_key_rotation_under_load_keeps_the_transfer_going() {
     let gw2_new = pki.issue(&lab, 2, "gw", "c2-gw-rotated");
     let new_key2 = wg_public_key(&lab, &gw2_new.join("wg.key"));
     assert_ne!(new_key2, old_key2);
-    write_identity_config(
-        &lab,
-        2,
-        &gw2_new,
-        &gw2_new.join("wg.key"),
-        vec![identity_peer(1, Expect::Id(spiffe_gateway(1, "gw")))],
-    );
+    write_gw_config(&lab, 2, &gw2_new, 1);
     lab.signal_gateway(2, Signal::Hup).expect("SIGHUP gw2");
 
     let status = client
@@ -721,19 +697,13 @@ fn root_rollover_without_downtime() {
     let old = Pki::new(&lab, 2);
     let new = Pki::new_in(&lab, 2, "pki-new");
     let id = |i| spiffe_gateway(i, "gw");
-    let peer_of = |i: usize| {
-        vec![identity_peer(
-            3 - i,
-            Expect::Id(spiffe_gateway(3 - i, "gw")),
-        )]
-    };
     let svid = [
         old.issue(&lab, 1, "gw", "c1-old"),
         old.issue(&lab, 2, "gw", "c2-old"),
     ];
     for i in 1..=2 {
         let d = &svid[i - 1];
-        write_identity_config(&lab, i, d, &d.join("wg.key"), peer_of(i));
+        write_gw_config(&lab, i, d, 3 - i);
         start(&lab, i);
     }
     let up = Instant::now();
@@ -747,7 +717,7 @@ fn root_rollover_without_downtime() {
     );
     for i in 1..=2 {
         let d = with_bundle(&svid[i - 1], &both, &lab.dir().join(format!("c{i}-both")));
-        write_identity_config(&lab, i, &d, &d.join("wg.key"), peer_of(i));
+        write_gw_config(&lab, i, &d, 3 - i);
         lab.signal_gateway(i, Signal::Hup).expect("SIGHUP");
     }
     common::assert_pings(&lab, &lab.pod_ns(1), pod(2), 3);
@@ -756,7 +726,7 @@ fn root_rollover_without_downtime() {
     for i in 1..=2 {
         let issued = new.issue(&lab, i, "gw", &format!("c{i}-new"));
         let d = with_bundle(&issued, &both, &lab.dir().join(format!("c{i}-new-both")));
-        write_identity_config(&lab, i, &d, &d.join("wg.key"), peer_of(i));
+        write_gw_config(&lab, i, &d, 3 - i);
         lab.signal_gateway(i, Signal::Hup).expect("SIGHUP");
         let key = wg_public_key(&lab, &d.join("wg.key"));
         let j = 3 - i;
@@ -783,7 +753,7 @@ fn root_rollover_without_downtime() {
             &only_new,
             &lab.dir().join(format!("c{i}-new-only")),
         );
-        write_identity_config(&lab, i, &d, &d.join("wg.key"), peer_of(i));
+        write_gw_config(&lab, i, &d, 3 - i);
         lab.signal_gateway(i, Signal::Hup).expect("SIGHUP");
     }
     std::thread::sleep(Duration::from_millis(500));
@@ -802,16 +772,7 @@ fn garbage_on_the_join_port_leaves_live_tunnels_alone() {
     let pki = Pki::new(&lab, 2);
     for i in 1..=2 {
         let d = pki.issue(&lab, i, "gw", &format!("c{i}-gw"));
-        write_identity_config(
-            &lab,
-            i,
-            &d,
-            &d.join("wg.key"),
-            vec![identity_peer(
-                3 - i,
-                Expect::Id(spiffe_gateway(3 - i, "gw")),
-            )],
-        );
+        write_gw_config(&lab, i, &d, 3 - i);
         start(&lab, i);
     }
     let up = Instant::now();

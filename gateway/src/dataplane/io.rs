@@ -7,7 +7,6 @@ use super::queue::{RxQueue, TxQueue};
 use crate::config::DataplaneConfig;
 use std::io::{self, IoSliceMut};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::io::Interest;
@@ -154,7 +153,6 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
 pub struct Running {
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    pub offload: Arc<AtomicBool>,
 }
 
 impl Running {
@@ -193,11 +191,7 @@ pub fn start(
         )),
         tokio::spawn(timers(engine, udp, rx)),
     ];
-    Running {
-        shutdown,
-        tasks,
-        offload: Arc::new(AtomicBool::new(offload)),
-    }
+    Running { shutdown, tasks }
 }
 
 async fn tun_to_udp(

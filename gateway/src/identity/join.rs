@@ -126,6 +126,13 @@ impl Core {
         }
     }
 
+    /// Refuses inside the next handshake message (message 2 as responder, 3 as initiator),
+    /// so the peer learns why.
+    fn refuse_in_handshake(&mut self, reason: String) -> Result<(), JoinError> {
+        let payload = Answer::Refuse { reason }.encode()?;
+        self.write_handshake(&payload)
+    }
+
     fn write_handshake(&mut self, payload: &[u8]) -> Result<(), JoinError> {
         let mut buf = vec![0u8; payload.len() + wire::NOISE_OVERHEAD];
         let n = self
@@ -305,7 +312,7 @@ impl Initiator {
                     }
                     Err(e) => {
                         let reason = unreadable("message 2", e);
-                        self.refuse_in_message_3(reason)?;
+                        self.core.refuse_in_handshake(reason)?;
                         return Err(e.into());
                     }
                 };
@@ -329,7 +336,7 @@ impl Initiator {
                         Ok(Step::Continue)
                     }
                     Err(rule) => {
-                        self.refuse_in_message_3(rule.clone())?;
+                        self.core.refuse_in_handshake(rule.clone())?;
                         Err(JoinError::VerificationFailed { rule })
                     }
                 }
@@ -340,11 +347,6 @@ impl Initiator {
             },
             InitiatorState::Done => Err(JoinError::Ended),
         }
-    }
-
-    fn refuse_in_message_3(&mut self, reason: String) -> Result<(), JoinError> {
-        let payload = Answer::Refuse { reason }.encode()?;
-        self.core.write_handshake(&payload)
     }
 
     /// The next frame to send (without its length prefix).
@@ -421,13 +423,13 @@ impl Responder {
                 let request = match JoinRequest::decode(&payload) {
                     Ok(r) => r,
                     Err(e) => {
-                        self.refuse_in_message_2(unreadable("message 1", e))?;
+                        self.core.refuse_in_handshake(unreadable("message 1", e))?;
                         return Err(e.into());
                     }
                 };
                 if let Some(local) = self.local_id.as_ref().filter(|l| **l != request.expected) {
                     let local = local.clone();
-                    self.refuse_in_message_2(format!(
+                    self.core.refuse_in_handshake(format!(
                         "this gateway is {local}, not {}",
                         request.expected
                     ))?;
@@ -485,11 +487,6 @@ impl Responder {
             },
             ResponderState::Done => Err(JoinError::Ended),
         }
-    }
-
-    fn refuse_in_message_2(&mut self, reason: String) -> Result<(), JoinError> {
-        let payload = Answer::Refuse { reason }.encode()?;
-        self.core.write_handshake(&payload)
     }
 
     /// The next frame to send (without its length prefix).
