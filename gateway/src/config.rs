@@ -142,6 +142,7 @@ struct RawInterface {
     svid_key_file: Option<String>,
     trust_bundle_file: Option<String>,
     join_port: Option<u16>,
+    rotation_grace: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -298,6 +299,7 @@ impl Config {
                 svid_key_file: iface.svid_key_file.as_deref(),
                 trust_bundle_file: iface.trust_bundle_file.as_deref(),
                 join_port: iface.join_port,
+                rotation_grace: iface.rotation_grace,
             },
             &own_public,
             now,

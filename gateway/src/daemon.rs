@@ -1,18 +1,19 @@
 //! The process shell: brings the interface up from a validated [`Config`], runs the data plane
 //! and the operator interfaces, reloads peers on SIGHUP and removes everything on SIGTERM/SIGINT.
 
-use crate::admin::proto::{InterfaceStatus, PeerInfo, PeerState};
+use crate::admin::proto::{InterfaceStatus, PeerInfo, PeerState, ReloadReport};
 use crate::admin::AdminSource;
 use crate::config::Config;
 use crate::dataplane::io::{self, Udp};
 use crate::dataplane::Engine;
+use crate::keys::PrivateKey;
 use crate::netlink::{routable, LinkControl, Netlink};
 use anyhow::Context as _;
 use ipnet::IpNet;
 use parking_lot::RwLock;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::signal::unix::{signal, SignalKind};
 
 mod joins;
@@ -26,7 +27,17 @@ pub struct DaemonState {
     started: Instant,
     offloads: BTreeMap<String, bool>,
     listen_port: u16,
+    /// A rotated key the data plane switches to once every joined peer has learned it (or at
+    /// the deadline): until then the old sessions keep carrying traffic.
+    pending_key: parking_lot::Mutex<Option<(PrivateKey, Instant)>>,
+    /// `tunctl reload` requests for the main loop.
+    reloads: tokio::sync::mpsc::Sender<ReloadReply>,
 }
+
+type ReloadReply = tokio::sync::oneshot::Sender<Result<ReloadReport, String>>;
+
+/// How long a rotation waits for peers to learn the new key before switching anyway.
+const ROTATION_SWITCH_DEADLINE: Duration = Duration::from_secs(10);
 
 impl AdminSource for DaemonState {
     fn peers(&self) -> Vec<PeerInfo> {
@@ -73,14 +84,71 @@ impl AdminSource for DaemonState {
     fn private_key_hex(&self) -> String {
         self.engine.private_key().to_hex()
     }
+
+    fn reload(&self) -> futures::future::BoxFuture<'static, Result<ReloadReport, String>> {
+        let reloads = self.reloads.clone();
+        Box::pin(async move {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            reloads
+                .send(tx)
+                .await
+                .map_err(|_| "the daemon is shutting down".to_string())?;
+            rx.await
+                .map_err(|_| "the daemon is shutting down".to_string())?
+        })
+    }
 }
 
 impl DaemonState {
     /// Hands the engine every keyed peer: configured keys plus peers joined by identity.
     pub(crate) fn apply_peers(&self) -> crate::dataplane::PeerDiff {
+        let now = SystemTime::now();
         let mut peers = self.config.read().peers.clone();
-        peers.extend(self.membership.lock().keyed_peers(SystemTime::now()));
-        self.engine.apply_peers(&peers)
+        let retiring = {
+            let m = self.membership.lock();
+            peers.extend(m.keyed_peers(now));
+            m.retiring_peers(now)
+        };
+        self.engine.apply_peer_set(&peers, &retiring)
+    }
+
+    /// The mesh address: the first address on the TUN.
+    pub(crate) fn mesh_addr(&self) -> Option<std::net::IpAddr> {
+        self.config
+            .read()
+            .interface
+            .addresses
+            .first()
+            .map(|a| a.addr())
+    }
+
+    /// Switches the data plane to a rotated key once every joined peer re-joined with it, or
+    /// once the deadline passed (a peer that missed it joins again over the underlay).
+    pub(crate) fn maybe_switch_key(&self) {
+        let mut pending = self.pending_key.lock();
+        let Some((_, deadline)) = &*pending else {
+            return;
+        };
+        let done = self.membership.lock().rejoins_done();
+        if !done && Instant::now() < *deadline {
+            return;
+        }
+        if let Some((key, _)) = pending.take() {
+            tracing::info!(public_key = %key.public_key(), all_peers_told = done, "data plane switched to the rotated key");
+            self.engine.set_private_key(key);
+        }
+    }
+
+    /// Grace periods and SVID expiry; re-applies the peers when something ended.
+    fn expire(&self) {
+        if self.membership.lock().expire(SystemTime::now()) {
+            let diff = self.apply_peers();
+            tracing::info!(
+                removed = diff.removed.len(),
+                "retired keys or expired SVIDs removed"
+            );
+        }
+        self.maybe_switch_key();
     }
 }
 
@@ -136,6 +204,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         routes.insert(net);
     }
 
+    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<ReloadReply>(4);
     let engine = Arc::new(Engine::new(
         config.interface.private_key.clone(),
         usize::from(config.interface.mtu),
@@ -154,11 +223,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config: RwLock::new(config.clone()),
         membership: parking_lot::Mutex::new(crate::membership::Membership::new(
             &config.identity_peers,
+            config
+                .identity
+                .as_ref()
+                .map_or(Duration::ZERO, |i| i.rotation_grace),
         )),
         started: Instant::now(),
         offloads: offloads.clone(),
         listen_port,
+        pending_key: parking_lot::Mutex::new(None),
+        reloads: reload_tx,
     });
+    let expiry = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                state.expire();
+            }
+        })
+    };
     let running = io::start(
         engine.clone(),
         tun.clone(),
@@ -216,35 +301,44 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     loop {
-        tokio::select! {
-            _ = hup.recv() => {
-                let rotated = reload(&state, &nl, index, &mut routes).await;
-                if rotated {
-                    // New key or SVID: the join listener must present the new chain, and
-                    // every peer by identity must learn the new binding through a re-join.
-                    if let Some(j) = joins.take() {
-                        j.stop();
-                    }
-                    let (identity, key) = {
-                        let cfg = state.config.read();
-                        (cfg.identity.clone(), cfg.interface.private_key.clone())
-                    };
-                    if let Some(identity) = identity {
-                        state.membership.lock().mark_rejoin_all();
-                        match joins::start(state.clone(), identity, key).await {
-                            Ok(j) => joins = Some(j),
-                            Err(e) => tracing::error!(error = format!("{e:#}"), "join listener did not restart after rotation"),
-                        }
-                    }
-                }
-                if let Some(j) = &joins {
-                    j.reconfigured(&state);
-                }
-            }
+        let reply = tokio::select! {
+            _ = hup.recv() => None,
+            Some(reply) = reload_rx.recv() => Some(reply),
             _ = term.recv() => break,
             _ = int.recv() => break,
+        };
+        let outcome = reload(&state, &nl, index, &mut routes).await;
+        let rotated = outcome.as_ref().is_ok_and(|r| r.rotated);
+        if let Some(reply) = reply {
+            let _ = reply.send(outcome);
+        }
+        if rotated {
+            // New key or SVID: the join listener must present the new chain, and every peer
+            // by identity must learn the new binding through a re-join (through the tunnel
+            // while the old key still carries it; the data plane switches afterwards).
+            if let Some(j) = joins.take() {
+                j.stop();
+            }
+            let (identity, key) = {
+                let cfg = state.config.read();
+                (cfg.identity.clone(), cfg.interface.private_key.clone())
+            };
+            if let Some(identity) = identity {
+                state.membership.lock().mark_rejoin_all();
+                match joins::start(state.clone(), identity, key).await {
+                    Ok(j) => joins = Some(j),
+                    Err(e) => tracing::error!(
+                        error = format!("{e:#}"),
+                        "join listener did not restart after rotation"
+                    ),
+                }
+            }
+        }
+        if let Some(j) = &joins {
+            j.reconfigured(&state);
         }
     }
+    expiry.abort();
 
     tracing::info!(interface = %name, "shutting down");
     if let Some(j) = joins {
@@ -319,22 +413,25 @@ async fn wait_link_gone(nl: &impl LinkControl, name: &str) {
     tracing::warn!(interface = %name, "interface still present after shutdown");
 }
 
-/// SIGHUP: re-read the file; apply peer changes atomically, or keep everything on error.
-/// Returns whether the interface's key or SVID was rotated.
+/// SIGHUP or `tunctl reload`: re-read the file; apply peer changes atomically, or keep
+/// everything on error. The report says whether the interface's key or SVID was rotated.
 async fn reload(
     state: &DaemonState,
     nl: &impl LinkControl,
     index: u32,
     routes: &mut BTreeSet<IpNet>,
-) -> bool {
+) -> Result<ReloadReport, String> {
     let path = state.config.read().source.clone();
     let new = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "reload refused; the running configuration is unchanged");
-            return false;
+            return Err(format!(
+                "reload refused; the running configuration is unchanged: {e}"
+            ));
         }
     };
+    let mut restart_needed = Vec::new();
     {
         let old = state.config.read();
         let i_old = &old.interface;
@@ -358,6 +455,7 @@ async fn reload(
         if !ignored.is_empty() {
             tracing::warn!(fields = ?ignored, "these changes take effect only after a restart");
         }
+        restart_needed.extend(ignored.iter().map(|s| s.to_string()));
     }
     let rotated = rotate(state, &new);
     let new_peers = new.peers.clone();
@@ -368,7 +466,13 @@ async fn reload(
         cfg.peers = new_peers;
         cfg.identity_peers = new_identity_peers.clone();
     }
-    state.membership.lock().reconfigure(&new_identity_peers);
+    {
+        let mut m = state.membership.lock();
+        m.reconfigure(&new_identity_peers);
+        if let Some(i) = &new.identity {
+            m.grace = i.rotation_grace;
+        }
+    }
     let diff = state.apply_peers();
     let wanted = wanted_routes(&new);
     for net in wanted.difference(routes).copied().collect::<Vec<_>>() {
@@ -398,7 +502,14 @@ async fn reload(
         kept = diff.kept.len(),
         "configuration reloaded"
     );
-    rotated
+    Ok(ReloadReport {
+        rotated,
+        added: diff.added.len(),
+        removed: diff.removed.len(),
+        restarted: diff.restarted.len(),
+        kept: diff.kept.len(),
+        restart_needed,
+    })
 }
 
 /// Applies a new interface key, SVID and/or trust bundle from a reloaded file (static key
@@ -418,9 +529,18 @@ fn rotate(state: &DaemonState, new: &Config) -> bool {
         return false;
     }
     if key_changed {
-        state
-            .engine
-            .set_private_key(new.interface.private_key.clone());
+        if state.membership.lock().any_joined() {
+            // Joined peers learn the new key first, through the tunnel the old key still
+            // carries; `maybe_switch_key` switches the data plane when they have.
+            *state.pending_key.lock() = Some((
+                new.interface.private_key.clone(),
+                Instant::now() + ROTATION_SWITCH_DEADLINE,
+            ));
+        } else {
+            state
+                .engine
+                .set_private_key(new.interface.private_key.clone());
+        }
         if !new.peers.is_empty() {
             tracing::warn!(
                 peers = new.peers.len(),

@@ -35,6 +35,8 @@ fn init_logging(args: &Args) -> anyhow::Result<()> {
         .with_context(|| format!("invalid --log filter {:?}", args.log))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour codes only for a terminal: journald and log files get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match args.log_format {
         LogFormat::Json => builder.json().init(),

@@ -2,14 +2,21 @@
 //! still pending and why. A Noise join (`crate::identity`) proves the peer holds the WireGuard
 //! key its SVID binds; only then does the peer become a keyed [`PeerConfig`] for the engine.
 //!
-//! This is plain state: the daemon feeds it join outcomes and asks it for the keyed peers.
+//! This is plain state: the daemon feeds it join outcomes and the time, and asks it for the
+//! keyed peers.
+//!
+//! Rotation: when a joined peer joins again with a different key (it rotated), the old key is
+//! kept as *retiring* for the grace period: it may still handshake and send, so traffic on the
+//! old session continues until the peer switches, and it is refused once the grace period ends
+//! ([`Membership::expire`]).
 
 use crate::admin::proto::{PeerInfo, PeerState};
 use crate::config::{Expected, IdentityPeerConfig, PeerConfig};
-use crate::identity::{JoinedPeer, PeerVerifier};
+use crate::identity::{JoinedPeer, PeerVerifier, VerifiedPeer};
 use crate::keys::PublicKey;
 use isthmus_pki::{Bundle, SpiffeId};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Verifies join chains against the trust bundle; as responder, accepts only identities some
@@ -26,7 +33,7 @@ impl PeerVerifier for PkiVerifier {
         remote_static: &[u8; 32],
         expected: Option<&str>,
         now: SystemTime,
-    ) -> Result<String, String> {
+    ) -> Result<VerifiedPeer, String> {
         // An initiator joining "any gateway of cluster c" names no identity.
         let expected = match expected.filter(|e| !e.is_empty()) {
             Some(e) => {
@@ -48,7 +55,10 @@ impl PeerVerifier for PkiVerifier {
                 verified.id().as_str()
             ));
         }
-        Ok(verified.id().as_str().to_string())
+        Ok(VerifiedPeer {
+            id: verified.id().as_str().to_string(),
+            not_after: verified.not_after(),
+        })
     }
 }
 
@@ -62,7 +72,16 @@ pub enum SlotState {
         id: String,
         not_after: SystemTime,
         wg_endpoint: Option<SocketAddr>,
+        /// Where the peer is reached through the tunnel (it said so in the join).
+        mesh_addr: Option<IpAddr>,
     },
+}
+
+/// An old key of a peer that rotated, accepted until `until`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retiring {
+    pub key: PublicKey,
+    pub until: SystemTime,
 }
 
 #[derive(Debug, Clone)]
@@ -71,16 +90,23 @@ pub struct Slot {
     pub state: SlotState,
     /// Join again although joined: our key or SVID changed and the peer must learn it.
     pub rejoin: bool,
+    /// The peer's previous keys during their grace period.
+    pub retiring: Vec<Retiring>,
 }
 
 #[derive(Debug, Default)]
 pub struct Membership {
     pub slots: Vec<Slot>,
+    /// How long a rotated peer's old key keeps working.
+    pub grace: Duration,
 }
 
 impl Membership {
-    pub fn new(configs: &[IdentityPeerConfig]) -> Self {
-        let mut m = Self::default();
+    pub fn new(configs: &[IdentityPeerConfig], grace: Duration) -> Self {
+        let mut m = Self {
+            slots: Vec::new(),
+            grace,
+        };
         m.reconfigure(configs);
         m
     }
@@ -90,43 +116,108 @@ impl Membership {
     pub fn reconfigure(&mut self, configs: &[IdentityPeerConfig]) {
         let old = std::mem::take(&mut self.slots);
         for c in configs {
-            let state = old
-                .iter()
-                .find(|s| s.config.expected == c.expected)
-                .map(|s| s.state.clone())
-                .unwrap_or(SlotState::Pending { last_error: None });
+            let previous = old.iter().find(|s| s.config.expected == c.expected);
             self.slots.push(Slot {
                 config: c.clone(),
-                state,
-                rejoin: false,
+                state: previous
+                    .map(|s| s.state.clone())
+                    .unwrap_or(SlotState::Pending { last_error: None }),
+                rejoin: previous.is_some_and(|s| s.rejoin),
+                retiring: previous.map(|s| s.retiring.clone()).unwrap_or_default(),
             });
         }
     }
 
-    /// Records a finished join; returns the slot it filled, or `None` if no slot expects it
-    /// (the verifier refuses those, so this only happens after a reload raced the join).
-    pub fn joined(&mut self, peer: &JoinedPeer, bundle: &Bundle, now: SystemTime) -> Option<usize> {
-        let verified = isthmus_pki::verify(
-            &peer.joined.remote_chain,
-            bundle,
-            now,
-            None,
-            Some(&peer.joined.remote_static),
-        )
-        .ok()?;
+    /// Records a finished join (its chain verified by the join's verifier); returns the slot it
+    /// filled, or `None` if no slot expects it (the verifier refuses those, so this only
+    /// happens after a reload raced the join). A peer that joined before with another key
+    /// rotated: its old key retires for the grace period.
+    pub fn joined(&mut self, peer: &JoinedPeer, now: SystemTime) -> Option<usize> {
+        let id = SpiffeId::new(&peer.joined.peer_id).ok()?;
         let i = self
             .slots
             .iter()
-            .position(|s| s.config.expected.matches(verified.id()))?;
+            .position(|s| s.config.expected.matches(&id))?;
+        let grace = self.grace;
         let slot = &mut self.slots[i];
+        let key = PublicKey::from_bytes(peer.joined.remote_static);
+        let previous_endpoint = match &slot.state {
+            SlotState::Joined {
+                key: old,
+                wg_endpoint,
+                ..
+            } => {
+                if *old != key && !grace.is_zero() {
+                    slot.retiring.push(Retiring {
+                        key: *old,
+                        until: now + grace,
+                    });
+                }
+                *wg_endpoint
+            }
+            SlotState::Pending { .. } => None,
+        };
+        slot.retiring.retain(|r| r.key != key);
         slot.rejoin = false;
         slot.state = SlotState::Joined {
-            key: PublicKey::from_bytes(peer.joined.remote_static),
-            id: verified.id().as_str().to_string(),
-            not_after: verified.not_after(),
-            wg_endpoint: slot.config.endpoint.or(peer.joined.endpoint_hint),
+            key,
+            id: id.as_str().to_string(),
+            not_after: peer.joined.not_after,
+            // A join through the tunnel comes from a mesh address: keep the endpoint we had.
+            wg_endpoint: slot
+                .config
+                .endpoint
+                .or(peer.joined.endpoint_hint)
+                .or(previous_endpoint),
+            mesh_addr: peer.joined.mesh_addr,
         };
         Some(i)
+    }
+
+    /// Ends grace periods and SVIDs that are over at `now`: retiring keys are dropped, and a
+    /// peer whose SVID expired goes back to pending so it is joined again (and picks up a
+    /// renewed SVID). Returns whether the keyed peers changed.
+    pub fn expire(&mut self, now: SystemTime) -> bool {
+        let mut changed = false;
+        for slot in &mut self.slots {
+            let before = slot.retiring.len();
+            slot.retiring.retain(|r| r.until > now);
+            changed |= slot.retiring.len() != before;
+            if let SlotState::Joined { not_after, id, .. } = &slot.state {
+                if *not_after <= now {
+                    tracing::warn!(peer = %id, "peer SVID expired; its key is removed until it joins again");
+                    slot.state = SlotState::Pending {
+                        last_error: Some("peer SVID expired".into()),
+                    };
+                    changed = true;
+                }
+            }
+        }
+        changed
+    }
+
+    /// Whether every slot marked for a re-join that was joined has re-joined (a rotation may
+    /// switch the data plane to the new key).
+    pub fn rejoins_done(&self) -> bool {
+        !self
+            .slots
+            .iter()
+            .any(|s| s.rejoin && matches!(s.state, SlotState::Joined { .. }))
+    }
+
+    /// Whether any peer is joined (so a rotation has someone to tell first).
+    pub fn any_joined(&self) -> bool {
+        self.slots
+            .iter()
+            .any(|s| matches!(s.state, SlotState::Joined { .. }))
+    }
+
+    /// The mesh address a joined slot's peer gave, to re-join it through the tunnel.
+    pub fn mesh_addr(&self, i: usize) -> Option<IpAddr> {
+        match self.slots.get(i).map(|s| &s.state) {
+            Some(SlotState::Joined { mesh_addr, .. }) => *mesh_addr,
+            _ => None,
+        }
     }
 
     pub fn failed(&mut self, i: usize, reason: String) {
@@ -167,15 +258,25 @@ impl Membership {
                     not_after,
                     wg_endpoint,
                     ..
-                } if *not_after > now => Some(PeerConfig {
-                    name: Some(s.config.display_name()),
-                    public_key: *key,
-                    preshared_key: s.config.preshared_key,
-                    endpoint: *wg_endpoint,
-                    allowed_ips: s.config.allowed_ips.clone(),
-                    persistent_keepalive: s.config.persistent_keepalive,
-                }),
+                } if *not_after > now => Some(s.peer_config(*key, *wg_endpoint)),
                 _ => None,
+            })
+            .collect()
+    }
+
+    /// Old keys still in their grace period, for [`crate::dataplane::Engine::apply_peer_set`].
+    pub fn retiring_peers(&self, now: SystemTime) -> Vec<PeerConfig> {
+        self.slots
+            .iter()
+            .flat_map(|s| {
+                let endpoint = match &s.state {
+                    SlotState::Joined { wg_endpoint, .. } => *wg_endpoint,
+                    SlotState::Pending { .. } => s.config.endpoint,
+                };
+                s.retiring
+                    .iter()
+                    .filter(move |r| r.until > now)
+                    .map(move |r| s.peer_config(r.key, endpoint))
             })
             .collect()
     }
@@ -196,6 +297,7 @@ impl Membership {
                             row.status_reason = Some("peer SVID expired".into());
                         }
                     }
+                    annotate_retiring(slot, rows, now);
                 }
                 SlotState::Pending { last_error } => rows.push(PeerInfo {
                     public_key: String::new(),
@@ -237,6 +339,34 @@ impl Membership {
                     verified: false,
                 }),
             }
+        }
+    }
+}
+
+/// Marks the rows of a slot's retiring keys.
+fn annotate_retiring(slot: &Slot, rows: &mut [PeerInfo], now: SystemTime) {
+    for r in &slot.retiring {
+        if let Some(row) = rows
+            .iter_mut()
+            .find(|row| row.public_key == r.key.to_base64())
+        {
+            let left = r.until.duration_since(now).unwrap_or_default().as_secs();
+            row.name = Some(format!("{} (old key)", slot.config.display_name()));
+            row.status_reason = Some(format!("rotated: old key accepted for {left} s more"));
+            row.verified = true;
+        }
+    }
+}
+
+impl Slot {
+    fn peer_config(&self, key: PublicKey, endpoint: Option<SocketAddr>) -> PeerConfig {
+        PeerConfig {
+            name: Some(self.config.display_name()),
+            public_key: key,
+            preshared_key: self.config.preshared_key,
+            endpoint,
+            allowed_ips: self.config.allowed_ips.clone(),
+            persistent_keepalive: self.config.persistent_keepalive,
         }
     }
 }

@@ -17,6 +17,10 @@ const TRUST_DOMAIN: &str = "isthmus.local";
 /// From the moment every gateway is up, each pod pair must answer within this.
 const MESH_DEADLINE: Duration = Duration::from_secs(10);
 
+/// `[interface] rotation_grace` of every gateway here: how long a rotated peer's old key still
+/// works.
+const ROTATION_GRACE: Duration = Duration::from_secs(6);
+
 /// How long a refused join gets to show up in `tunctl peers`.
 const REFUSAL_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -214,6 +218,10 @@ fn write_identity_config(
             path_str(&svid_dir.join(file)).to_owned().into(),
         );
     }
+    cfg.interface.extra.insert(
+        "rotation_grace".into(),
+        i64::try_from(ROTATION_GRACE.as_secs()).unwrap().into(),
+    );
     let n = peers.len();
     cfg.extra.insert("peer".into(), toml::Value::Array(peers));
     let text = cfg.render().expect("rendering the config");
@@ -551,12 +559,52 @@ fn static_key_rotation_under_load_keeps_the_transfer_going() {
     let mut client = lab.spawn(&lab.pod_ns(1), &client).expect("iperf3 client");
     std::thread::sleep(Duration::from_secs(2));
 
-    // Rotate gw2: a new SVID bound to a new WireGuard key, picked up on SIGHUP.
+    // Rotate gw2 with `tunctl reload`: a new SVID bound to a new WireGuard key.
     let gw2_new = pki.issue(&lab, 2, "gw", "c2-gw-rotated");
     let new_key2 = wg_public_key(&lab, &gw2_new.join("wg.key"));
     assert_ne!(new_key2, old_key2);
     write_gw_config(&lab, 2, &gw2_new, 1);
-    lab.signal_gateway(2, Signal::Hup).expect("SIGHUP gw2");
+    let reloaded = lab.tunctl_text(2, &["reload"]).expect("tunctl reload");
+    let rotated_at = Instant::now();
+    assert!(
+        reloaded.contains("rotated"),
+        "tunctl reload did not report the rotation: {reloaded}"
+    );
+
+    // gw1 learns the new binding: the new key is gw2's peer, the old one is retiring (it still
+    // works during the grace period, but nothing is routed to it).
+    let learned = wait_for(
+        || {
+            find_peer(&lab, 1, "c2").is_some_and(|p| p["public_key"] == new_key2)
+                && find_peer(&lab, 1, "c2 (old key)").is_some_and(|p| p["public_key"] == old_key2)
+        },
+        Duration::from_secs(3),
+    );
+    assert!(
+        learned,
+        "gw1 did not learn gw2's new key beside the retiring one: {:?}",
+        peers(&lab, 1)
+    );
+    // Learned through the tunnel: the re-join came to gw1's join port from gw2's mesh address.
+    let log1 = lab.gateway_stderr(1);
+    let from_mesh = format!("from={}:", plan::mesh_addr(2));
+    assert!(
+        log1.lines()
+            .any(|l| l.contains("peer joined") && l.contains(&from_mesh)),
+        "gw1 saw no re-join from gw2's mesh address ({from_mesh}):\n{log1}"
+    );
+
+    // During the grace period the old key still handshakes: a stock WireGuard peer
+    // (boringtun-cli) holding gw2's old private key completes a handshake with gw1.
+    let key1 = wg_public_key(&lab, &gw1.join("wg.key"));
+    let old_key_file = gw2.join("wg.key");
+    let during = old_key_peer(&lab, "oldkey", "10.255.0.98", &old_key_file, &key1);
+    let _ = lab.ping(&during.ns, plan::mesh_addr(1), 1);
+    assert!(
+        wait_for(|| during.handshaked(&lab), Duration::from_secs(3)),
+        "the old key did not handshake within its grace period ({:?} after the rotation)",
+        rotated_at.elapsed()
+    );
 
     let status = client
         .wait_timeout(Duration::from_secs(20))
@@ -581,8 +629,22 @@ fn static_key_rotation_under_load_keeps_the_transfer_going() {
         "traffic stopped for {stall:.1} s during rotation (target < 1 s)"
     );
 
-    // gw1 now knows gw2 only by its new key; the old one is no longer installed, so a
-    // handshake with it would be refused as from an unknown peer.
+    // The grace period ends: gw1 drops the old key, not before.
+    let gone = wait_for(
+        || find_peer(&lab, 1, "c2 (old key)").is_none(),
+        (ROTATION_GRACE + Duration::from_secs(3)).saturating_sub(rotated_at.elapsed()),
+    );
+    let retired_after = rotated_at.elapsed();
+    assert!(
+        gone,
+        "gw1 still accepts gw2's old key {retired_after:?} after the rotation: {:?}",
+        peers(&lab, 1)
+    );
+    assert!(
+        retired_after + Duration::from_millis(500) >= ROTATION_GRACE,
+        "gw1 dropped the old key after {retired_after:?}, before the grace period of {ROTATION_GRACE:?}"
+    );
+    eprintln!("old key refused {retired_after:?} after the rotation (grace {ROTATION_GRACE:?})");
     assert_verified_peer(&lab, 1, "c2", &spiffe_gateway(2, "gw"), &new_key2);
     let keys: Vec<Value> = peers(&lab, 1)
         .iter()
@@ -591,7 +653,7 @@ fn static_key_rotation_under_load_keeps_the_transfer_going() {
     assert_eq!(
         keys,
         vec![Value::from(new_key2.clone())],
-        "gw1 peers after rotation"
+        "gw1 peers after the grace period"
     );
     let status2 = lab.status_json(2);
     assert_eq!(
@@ -600,25 +662,57 @@ fn static_key_rotation_under_load_keeps_the_transfer_going() {
     );
     common::assert_pings(&lab, &lab.pod_ns(2), pod(1), 3);
 
-    // The old key no longer handshakes: a stock WireGuard peer (boringtun-cli) holding gw2's
-    // old private key tries to reach gw1 and gets nowhere; gw1 counts it as an unknown peer.
-    let key1 = wg_public_key(&lab, &gw1.join("wg.key"));
+    // After the grace period the old key no longer handshakes: a fresh boringtun-cli with it
+    // gets nowhere, and gw1 counts its attempts as from an unknown peer.
+    drop(during);
     let unknown_before = common::dropped(&lab.status_json(1), "unknown_peer");
+    let after = old_key_peer(&lab, "oldkey2", "10.255.0.97", &old_key_file, &key1);
+    let replies = lab.ping(&after.ns, plan::mesh_addr(1), 3).unwrap_or(0);
+    assert_eq!(
+        replies, 0,
+        "gw1 answered through a tunnel keyed with gw2's retired key"
+    );
+    assert!(
+        !after.handshaked(&lab),
+        "the old key completed a handshake after the grace period"
+    );
+    let unknown_after = common::dropped(&lab.status_json(1), "unknown_peer");
+    assert!(unknown_after > unknown_before, "gw1 did not count the old key's handshakes as unknown_peer ({unknown_before} -> {unknown_after})");
+}
+
+/// A stock WireGuard peer (boringtun-cli, configured with `wg`) on a new WAN host at `addr`,
+/// holding the private key in `key_file`, with gw1 (public key `key1`) as its only peer.
+struct OldKeyPeer {
+    ns: String,
+    ifname: String,
+    _process: isthmus_lab::ChildGuard,
+}
+
+impl OldKeyPeer {
+    /// Whether `wg show` reports a completed handshake.
+    fn handshaked(&self, lab: &Lab) -> bool {
+        lab.run(&self.ns, &["wg", "show", &self.ifname, "latest-handshakes"])
+            .ok()
+            .and_then(|out| out.split_whitespace().nth(1).map(|t| t != "0"))
+            .unwrap_or(false)
+    }
+}
+
+fn old_key_peer(lab: &Lab, suffix: &str, addr: &str, key_file: &Path, key1: &str) -> OldKeyPeer {
     let ns = lab
-        .add_wan_host("oldkey", "10.255.0.98".parse().unwrap())
+        .add_wan_host(suffix, addr.parse().unwrap())
         .expect("WAN host");
-    let ifname = format!("{}-ok", lab.id());
+    let ifname = format!("{}-{}", lab.id(), &suffix[suffix.len() - 2..]);
     let mut bt = Command::new(boringtun_bin());
     bt.args(["--foreground", "--disable-drop-privileges", &ifname])
         .env("WG_SUDO", "1");
-    let bt = lab.spawn(&ns, &bt).expect("boringtun-cli");
+    let process = lab.spawn(&ns, &bt).expect("boringtun-cli");
     let sock = Path::new(isthmus_lab::WG_SOCKET_DIR).join(format!("{ifname}.sock"));
     assert!(
         wait_for(|| sock.exists(), Duration::from_secs(10)),
         "boringtun-cli did not start: {}",
-        bt.stderr()
+        process.stderr()
     );
-    let old_key_file = gw2.join("wg.key");
     let endpoint1 = format!("{}:{}", plan::wan_addr(1), plan::LISTEN_PORT);
     let mesh1 = format!("{}/32", plan::mesh_addr(1));
     lab.run(
@@ -628,9 +722,9 @@ fn static_key_rotation_under_load_keeps_the_transfer_going() {
             "set",
             &ifname,
             "private-key",
-            path_str(&old_key_file),
+            path_str(key_file),
             "peer",
-            &key1,
+            key1,
             "endpoint",
             &endpoint1,
             "allowed-ips",
@@ -642,23 +736,11 @@ fn static_key_rotation_under_load_keeps_the_transfer_going() {
         .expect("ip addr");
     lab.run(&ns, &["ip", "link", "set", &ifname, "up"])
         .expect("ip link");
-    let replies = lab.ping(&ns, plan::mesh_addr(1), 3).unwrap_or(0);
-    assert_eq!(
-        replies, 0,
-        "gw1 answered through a tunnel keyed with gw2's retired key"
-    );
-    let handshakes = lab
-        .run(&ns, &["wg", "show", &ifname, "latest-handshakes"])
-        .expect("wg show");
-    assert!(
-        handshakes
-            .split_whitespace()
-            .nth(1)
-            .is_some_and(|t| t == "0"),
-        "the old key completed a handshake: {handshakes}"
-    );
-    let unknown_after = common::dropped(&lab.status_json(1), "unknown_peer");
-    assert!(unknown_after > unknown_before, "gw1 did not count the old key's handshakes as unknown_peer ({unknown_before} -> {unknown_after})");
+    OldKeyPeer {
+        ns,
+        ifname,
+        _process: process,
+    }
 }
 
 /// boringtun-cli on PATH, else where `cargo install` puts it.

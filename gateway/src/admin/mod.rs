@@ -14,7 +14,7 @@ pub mod uapi;
 mod testing;
 mod unix_socket;
 
-use proto::{InterfaceStatus, PeerInfo};
+use proto::{InterfaceStatus, PeerInfo, ReloadReport};
 
 /// What the operator interfaces may read from the running daemon.
 pub trait AdminSource: Send + Sync + 'static {
@@ -22,4 +22,8 @@ pub trait AdminSource: Send + Sync + 'static {
     fn status(&self) -> InterfaceStatus;
     /// Lowercase hex, as the UAPI `get` prints `private_key=`.
     fn private_key_hex(&self) -> String;
+    /// Re-reads the configuration (`tunctl reload`).
+    fn reload(&self) -> futures::future::BoxFuture<'static, Result<ReloadReport, String>> {
+        Box::pin(async { Err("this daemon cannot reload".to_string()) })
+    }
 }

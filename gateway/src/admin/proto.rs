@@ -12,6 +12,22 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub enum Request {
     Peers,
     Status,
+    /// Re-read the configuration file, as SIGHUP does, and report what changed.
+    Reload,
+}
+
+/// What a reload applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    /// The interface key, SVID or trust bundle changed: peers by identity are re-joined.
+    pub rotated: bool,
+    pub added: usize,
+    pub removed: usize,
+    /// Peers whose sessions restarted (key material or keepalive changed).
+    pub restarted: usize,
+    pub kept: usize,
+    /// Changed settings that take effect only after a restart.
+    pub restart_needed: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -23,6 +39,8 @@ pub struct Response {
     pub peers: Option<Vec<PeerInfo>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<InterfaceStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload: Option<ReloadReport>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

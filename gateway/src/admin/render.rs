@@ -3,7 +3,7 @@
 //! Pure functions of a snapshot and `now`, so tests pin the exact text. Peers keep the order the
 //! daemon reported them in.
 
-use super::proto::{InterfaceStatus, PeerInfo, PeerState};
+use super::proto::{InterfaceStatus, PeerInfo, PeerState, ReloadReport};
 use anyhow::Context as _;
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -271,6 +271,29 @@ pub fn status(status: &InterfaceStatus, format: OutputFormat) -> anyhow::Result<
     for (key, value) in fields {
         let _ = writeln!(out, "{:<width$} {value}", format!("{key}:"), width = width);
     }
+    Ok(out)
+}
+
+/// `tunctl reload`: one line of what changed.
+pub fn reload(report: &ReloadReport, format: OutputFormat) -> anyhow::Result<String> {
+    if let Some(text) = dump(report, format)? {
+        return Ok(text);
+    }
+    let mut out = format!(
+        "reloaded: {} added, {} removed, {} restarted, {} kept",
+        report.added, report.removed, report.restarted, report.kept
+    );
+    if report.rotated {
+        out.push_str("; key/SVID rotated, re-joining peers by identity");
+    }
+    if !report.restart_needed.is_empty() {
+        let _ = write!(
+            out,
+            "; needs a restart to apply: {}",
+            report.restart_needed.join(", ")
+        );
+    }
+    out.push('\n');
     Ok(out)
 }
 

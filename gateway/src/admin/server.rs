@@ -76,6 +76,13 @@ async fn handle(stream: UnixStream, source: &dyn AdminSource) {
             Ok(Ok(_)) if line.len() > MAX_REQUEST_BYTES => {
                 error_response(format!("request longer than {MAX_REQUEST_BYTES} bytes"))
             }
+            Ok(Ok(_)) if is_reload(&line) => match source.reload().await {
+                Ok(report) => Response {
+                    reload: Some(report),
+                    ..empty_response()
+                },
+                Err(error) => error_response(error),
+            },
             Ok(Ok(_)) => respond(&line, source),
         };
     let mut text = match serde_json::to_vec(&response) {
@@ -105,25 +112,37 @@ pub fn respond(line: &[u8], source: &dyn AdminSource) -> Response {
         Err(error) => return error_response(format!("malformed request: {error}")),
     };
     tracing::debug!(?request, "admin request");
-    let mut response = Response {
-        version: PROTOCOL_VERSION,
-        error: None,
-        peers: None,
-        status: None,
-    };
+    let mut response = empty_response();
     match request {
         Request::Peers => response.peers = Some(source.peers()),
         Request::Status => response.status = Some(source.status()),
+        // Asynchronous: answered by `handle` before it gets here.
+        Request::Reload => return error_response("reload needs the daemon's main loop".into()),
     }
     response
 }
 
-fn error_response(error: String) -> Response {
+fn is_reload(line: &[u8]) -> bool {
+    matches!(
+        serde_json::from_slice(trim_ascii(line)),
+        Ok(Request::Reload)
+    )
+}
+
+fn empty_response() -> Response {
     Response {
         version: PROTOCOL_VERSION,
-        error: Some(error),
+        error: None,
         peers: None,
         status: None,
+        reload: None,
+    }
+}
+
+fn error_response(error: String) -> Response {
+    Response {
+        error: Some(error),
+        ..empty_response()
     }
 }
 

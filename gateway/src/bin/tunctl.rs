@@ -51,6 +51,10 @@ enum Command {
     Peers,
     /// Show the interface: key, port, addresses, MTU, peers, uptime, offloads, drops
     Status,
+    /// Re-read the daemon's configuration file, like SIGHUP, and say what changed. A new
+    /// private key and SVID in it rotate the interface key: peers by identity learn the new
+    /// binding through the tunnel, then the data plane switches
+    Reload,
     /// Print a new private key (base64), like `wg genkey`
     Genkey,
     /// Read a private key on stdin, print its public key, like `wg pubkey`
@@ -85,7 +89,7 @@ fn run(cli: Cli, socket_from_env: bool) -> anyhow::Result<()> {
         Command::Pki(command) => {
             return print(&pki_cli::run(command, cli.output, SystemTime::now())?)
         }
-        Command::Peers | Command::Status => {}
+        Command::Peers | Command::Status | Command::Reload => {}
     }
     let socket = socket_path(&cli, socket_from_env)?;
     let timeout = Duration::try_from_secs_f64(cli.timeout)
@@ -109,6 +113,13 @@ fn run(cli: Cli, socket_from_env: bool) -> anyhow::Result<()> {
                 .status
                 .context("the daemon's answer has no status")?;
             render::status(&status, cli.output)?
+        }
+        Command::Reload => {
+            let response = client::request(&socket, &Request::Reload, timeout)?;
+            let report = response
+                .reload
+                .context("the daemon's answer has no reload report")?;
+            render::reload(&report, cli.output)?
         }
         Command::Genkey | Command::Pubkey | Command::Pki(_) => unreachable!("handled above"),
     };

@@ -11,9 +11,14 @@ use ipnet::IpNet;
 use isthmus_pki::{Bundle, SpiffeId};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 pub use crate::identity::DEFAULT_JOIN_PORT;
+
+/// Default `rotation_grace`, seconds.
+pub const DEFAULT_ROTATION_GRACE_SECS: u64 = 60;
+/// Longest `rotation_grace`: a day.
+const MAX_ROTATION_GRACE_SECS: u64 = 86_400;
 
 /// The gateway's own identity, read and verified at load.
 #[derive(Clone)]
@@ -25,6 +30,8 @@ pub struct IdentityConfig {
     pub bundle_file: PathBuf,
     pub bundle: Bundle,
     pub join_port: u16,
+    /// How long a peer's old key keeps working after the peer rotated to a new one.
+    pub rotation_grace: Duration,
     /// This gateway's SPIFFE ID, from its SVID.
     pub id: SpiffeId,
     pub not_after: SystemTime,
@@ -96,6 +103,7 @@ pub(super) struct RawIdentity<'a> {
     pub svid_key_file: Option<&'a str>,
     pub trust_bundle_file: Option<&'a str>,
     pub join_port: Option<u16>,
+    pub rotation_grace: Option<u64>,
 }
 
 /// Reads and verifies `[interface]`'s SVID, key binding and bundle, if any is named.
@@ -112,6 +120,13 @@ pub(super) fn load_identity(
                 return Err(cx.invalid(
                     "interface.svid_key_file",
                     k,
+                    "needs interface.svid_file and interface.trust_bundle_file",
+                ));
+            }
+            if let Some(g) = raw.rotation_grace {
+                return Err(cx.invalid(
+                    "interface.rotation_grace",
+                    g,
                     "needs interface.svid_file and interface.trust_bundle_file",
                 ));
             }
@@ -167,6 +182,17 @@ pub(super) fn load_identity(
                 ),
             )
         })?;
+    let rotation_grace = match raw.rotation_grace {
+        None => Duration::from_secs(DEFAULT_ROTATION_GRACE_SECS),
+        Some(s) if s <= MAX_ROTATION_GRACE_SECS => Duration::from_secs(s),
+        Some(s) => {
+            return Err(cx.invalid(
+                "interface.rotation_grace",
+                s,
+                format!("must be 0 to {MAX_ROTATION_GRACE_SECS} seconds"),
+            ))
+        }
+    };
     Ok(Some(IdentityConfig {
         svid_file,
         chain,
@@ -174,6 +200,7 @@ pub(super) fn load_identity(
         bundle_file,
         bundle,
         join_port: raw.join_port.unwrap_or(DEFAULT_JOIN_PORT),
+        rotation_grace,
         id: verified.id().clone(),
         not_after: verified.not_after(),
     }))

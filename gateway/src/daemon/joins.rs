@@ -5,7 +5,7 @@ use super::DaemonState;
 use crate::config::{Expected, IdentityConfig};
 use crate::identity::{
     join_connect, join_listen, JoinRateLimiter, JoinServerHandle, JoinedPeer, PeerVerifier,
-    RateLimitConfig,
+    Presenting, RateLimitConfig, VerifiedPeer,
 };
 use crate::keys::PrivateKey;
 use crate::membership::PkiVerifier;
@@ -30,7 +30,7 @@ impl PeerVerifier for LiveVerifier {
         remote_static: &[u8; 32],
         expected: Option<&str>,
         now: SystemTime,
-    ) -> Result<String, String> {
+    ) -> Result<VerifiedPeer, String> {
         self.inner
             .read()
             .verify(chain, remote_static, expected, now)
@@ -77,34 +77,33 @@ pub(super) async fn start(
             accept: accepted(&state),
         }),
     });
+    let me = Presenting {
+        chain: identity.chain.clone(),
+        spiffe_id: Some(identity.id.as_str().to_string()),
+        endpoint_hint: None,
+        mesh_addr: state.mesh_addr(),
+    };
     let addr = SocketAddr::from((Ipv6Addr::UNSPECIFIED, identity.join_port));
     // After a rotation the previous listener is aborted but may not have closed its socket
     // yet: retry a bind that finds the port busy for a short while.
     let mut tries = 0;
     let (listener, mut incoming) = loop {
         let limiter = JoinRateLimiter::new(RateLimitConfig::default());
-        let result = match join_listen(
-            addr,
-            key.clone(),
-            identity.chain.clone(),
-            verifier.clone(),
-            limiter,
-        )
-        .await
-        {
-            // No IPv6 in this namespace: IPv4 only.
-            Err(e) if e.kind() != std::io::ErrorKind::AddrInUse => {
-                join_listen(
-                    SocketAddr::from(([0, 0, 0, 0], identity.join_port)),
-                    key.clone(),
-                    identity.chain.clone(),
-                    verifier.clone(),
-                    JoinRateLimiter::new(RateLimitConfig::default()),
-                )
-                .await
-            }
-            r => r,
-        };
+        let result =
+            match join_listen(addr, key.clone(), me.clone(), verifier.clone(), limiter).await {
+                // No IPv6 in this namespace: IPv4 only.
+                Err(e) if e.kind() != std::io::ErrorKind::AddrInUse => {
+                    join_listen(
+                        SocketAddr::from(([0, 0, 0, 0], identity.join_port)),
+                        key.clone(),
+                        me.clone(),
+                        verifier.clone(),
+                        JoinRateLimiter::new(RateLimitConfig::default()),
+                    )
+                    .await
+                }
+                r => r,
+            };
         match result {
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 40 => {
                 tries += 1;
@@ -122,7 +121,6 @@ pub(super) async fn start(
 
     let installer = {
         let state = state.clone();
-        let bundle = identity.bundle.clone();
         tokio::spawn(async move {
             loop {
                 let peer = tokio::select! {
@@ -130,7 +128,7 @@ pub(super) async fn start(
                     Some(p) = joined_rx.recv() => p,
                     else => return,
                 };
-                install(&state, &bundle, &peer);
+                install(&state, &peer);
             }
         })
     };
@@ -139,7 +137,8 @@ pub(super) async fn start(
         let verifier: Arc<dyn PeerVerifier> = verifier.clone();
         tokio::spawn(connect_loop(
             state,
-            identity.chain.clone(),
+            me,
+            identity.join_port,
             key,
             verifier,
             joined_tx,
@@ -152,15 +151,13 @@ pub(super) async fn start(
     })
 }
 
-fn install(state: &DaemonState, bundle: &isthmus_pki::Bundle, peer: &JoinedPeer) {
-    let slot = state
-        .membership
-        .lock()
-        .joined(peer, bundle, SystemTime::now());
+fn install(state: &DaemonState, peer: &JoinedPeer) {
+    let slot = state.membership.lock().joined(peer, SystemTime::now());
     match slot {
         Some(_) => {
             let diff = state.apply_peers();
-            tracing::info!(peer = %peer.joined.peer_id, from = %peer.remote_addr, added = diff.added.len(), "peer joined; WireGuard key installed");
+            tracing::info!(peer = %peer.joined.peer_id, from = %peer.remote_addr, added = diff.added.len(), kept = diff.kept.len(), "peer joined; WireGuard key installed");
+            state.maybe_switch_key();
         }
         None => {
             tracing::warn!(peer = %peer.joined.peer_id, "joined peer matches no configured peer; ignored")
@@ -168,10 +165,14 @@ fn install(state: &DaemonState, bundle: &isthmus_pki::Bundle, peer: &JoinedPeer)
     }
 }
 
-/// Joins every pending peer that has a join endpoint, retrying with exponential backoff.
+/// Joins every pending peer that has a join endpoint, retrying with exponential backoff. A
+/// joined peer marked for a re-join (we rotated) is joined through the tunnel at its mesh
+/// address first, so it learns the new key over the session the old key still carries; the
+/// underlay join endpoint is the fallback.
 async fn connect_loop(
     state: Arc<DaemonState>,
-    chain: Vec<Vec<u8>>,
+    me: Presenting,
+    own_join_port: u16,
     key: PrivateKey,
     verifier: Arc<dyn PeerVerifier>,
     joined: mpsc::Sender<JoinedPeer>,
@@ -179,7 +180,8 @@ async fn connect_loop(
     // Per slot: when to try next and the current backoff; reset when slots change.
     let mut schedule: Vec<(Instant, Duration)> = Vec::new();
     loop {
-        let targets: Vec<(usize, SocketAddr, Expected)> = {
+        state.maybe_switch_key();
+        let targets: Vec<(usize, Vec<SocketAddr>, Expected)> = {
             let m = state.membership.lock();
             if schedule.len() != m.slots.len() {
                 schedule = vec![(Instant::now(), FIRST_RETRY); m.slots.len()];
@@ -188,14 +190,22 @@ async fn connect_loop(
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| m.wants_join(*i))
-                .filter_map(|(i, s)| {
-                    s.config
-                        .join_endpoint
-                        .map(|ep| (i, ep, s.config.expected.clone()))
+                .map(|(i, s)| {
+                    let port = s.config.join_endpoint.map_or(own_join_port, |e| e.port());
+                    let through_tunnel = m
+                        .mesh_addr(i)
+                        .filter(|_| s.rejoin)
+                        .map(|a| SocketAddr::new(a, port));
+                    let addrs: Vec<SocketAddr> = through_tunnel
+                        .into_iter()
+                        .chain(s.config.join_endpoint)
+                        .collect();
+                    (i, addrs, s.config.expected.clone())
                 })
+                .filter(|(_, addrs, _)| !addrs.is_empty())
                 .collect()
         };
-        for (i, endpoint, expected) in targets {
+        for (i, addrs, expected) in targets {
             if Instant::now() < schedule[i].0 {
                 continue;
             }
@@ -205,14 +215,27 @@ async fn connect_loop(
                 // responder telling us who it is, which the verifier then checks.
                 Expected::Cluster(_) => String::new(),
             };
-            match join_connect(endpoint, &key, chain.clone(), want, verifier.clone()).await {
-                Ok(peer) => {
+            let mut outcome = None;
+            for endpoint in addrs {
+                match join_connect(endpoint, &key, &me, want.clone(), verifier.clone()).await {
+                    Ok(peer) => {
+                        outcome = Some(Ok(peer));
+                        break;
+                    }
+                    Err(e) => {
+                        let reason = error_chain(&e);
+                        tracing::debug!(%endpoint, error = %reason, "join failed");
+                        outcome = Some(Err(reason));
+                    }
+                }
+            }
+            match outcome {
+                None => {}
+                Some(Ok(peer)) => {
                     schedule[i].1 = FIRST_RETRY;
                     let _ = joined.send(peer).await;
                 }
-                Err(e) => {
-                    let reason = error_chain(&e);
-                    tracing::debug!(%endpoint, error = %reason, "join failed");
+                Some(Err(reason)) => {
                     state.membership.lock().failed(i, reason);
                     let backoff = schedule[i].1;
                     schedule[i] = (Instant::now() + backoff, (backoff * 2).min(MAX_RETRY));

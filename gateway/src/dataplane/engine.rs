@@ -165,10 +165,23 @@ impl Engine {
     /// Replaces the peer set. Peers whose key, preshared key and keepalive are unchanged keep
     /// their `Tunn` and so their sessions; their endpoint, name and prefixes are updated.
     pub fn apply_peers(&self, configs: &[PeerConfig]) -> PeerDiff {
+        self.apply_peer_set(configs, &[])
+    }
+
+    /// Like [`apply_peers`](Self::apply_peers), plus `retiring` peers: old keys of peers that
+    /// rotated, kept for a grace period. A retiring peer keeps its sessions, may handshake and
+    /// send packets from its prefixes, but nothing is routed to it (the peer's new key owns the
+    /// prefixes in the routing table).
+    pub fn apply_peer_set(&self, configs: &[PeerConfig], retiring: &[PeerConfig]) -> PeerDiff {
         let old = self.peers.load_full();
         let mut diff = PeerDiff::default();
         let mut next = PeerSet::default();
-        for c in configs {
+        let routed = configs.iter().map(|c| (c, false));
+        let retired = retiring
+            .iter()
+            .filter(|r| !configs.iter().any(|c| c.public_key == r.public_key))
+            .map(|c| (c, true));
+        for (c, is_retiring) in routed.chain(retired) {
             let peer = match old.by_key.get(&c.public_key) {
                 Some(p) if p.session_compatible(c) => {
                     p.update_meta(c);
@@ -185,8 +198,11 @@ impl Engine {
                     Arc::new(Peer::new(index, c, self.new_tunn(c, index)))
                 }
             };
-            for net in &c.allowed_ips {
-                next.router.insert(*net, peer.clone());
+            peer.set_retiring(is_retiring);
+            if !is_retiring {
+                for net in &c.allowed_ips {
+                    next.router.insert(*net, peer.clone());
+                }
             }
             next.by_index.insert(peer.index, peer.clone());
             next.by_key.insert(peer.public_key, peer.clone());
@@ -422,7 +438,8 @@ impl Engine {
                 drop(tunn);
                 let allowed = peers
                     .route(inner_src)
-                    .is_some_and(|owner| Arc::ptr_eq(owner, peer));
+                    .is_some_and(|owner| Arc::ptr_eq(owner, peer))
+                    || (peer.is_retiring() && peer.allows(inner_src));
                 if !allowed {
                     tracing::trace!(peer = %peer.public_key.short(), src = %inner_src, "inner source not allowed for peer");
                     peer.count_drop(DropReason::SourceNotAllowed, &self.drops);
@@ -481,6 +498,7 @@ impl Engine {
             .load()
             .list
             .iter()
+            .filter(|p| !p.is_retiring())
             .flat_map(|p| p.allowed_ips())
             .collect()
     }

@@ -59,6 +59,9 @@ pub struct Peer {
     /// Start a handshake at the next timer tick instead of waiting for traffic, so a restarted
     /// gateway is reachable again at once (its peers' old sessions died with its state).
     pub(super) initiate: AtomicBool,
+    /// A key being retired after a rotation: it may still handshake and send to us until its
+    /// grace period ends, but nothing is routed to it.
+    retiring: AtomicBool,
 }
 
 impl std::fmt::Debug for Peer {
@@ -88,6 +91,7 @@ impl Peer {
             drops: DropCounters::default(),
             health: Mutex::new(Health::default()),
             initiate: AtomicBool::new(config.endpoint.is_some()),
+            retiring: AtomicBool::new(false),
         }
     }
 
@@ -134,6 +138,24 @@ impl Peer {
 
     pub fn allowed_ips(&self) -> Vec<IpNet> {
         self.meta.read().allowed_ips.clone()
+    }
+
+    pub fn is_retiring(&self) -> bool {
+        self.retiring.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn set_retiring(&self, retiring: bool) {
+        self.retiring.store(retiring, Ordering::Relaxed);
+    }
+
+    /// Whether `addr` is inside this peer's prefixes (the routing table is the fast path; this
+    /// is for retiring peers, which are not in it).
+    pub(super) fn allows(&self, addr: std::net::IpAddr) -> bool {
+        self.meta
+            .read()
+            .allowed_ips
+            .iter()
+            .any(|n| n.contains(&addr))
     }
 
     pub(super) fn count_drop(&self, reason: DropReason, iface: &DropCounters) {

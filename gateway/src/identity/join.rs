@@ -2,12 +2,12 @@
 //! See the module docs of [`crate::identity`] for the message flow and the caller's contract.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::wire::{self, Answer, JoinHello, JoinRequest, Verdict, WireError};
-use super::{JoinError, PeerVerifier, JOIN_TIMEOUT};
+use super::{JoinError, PeerVerifier, VerifiedPeer, JOIN_TIMEOUT};
 use crate::keys::PrivateKey;
 
 /// The Noise protocol name (Noise spec §8).
@@ -31,12 +31,16 @@ pub enum Step {
 pub struct Joined {
     /// The peer's SPIFFE ID, as the verifier read it from the chain.
     pub peer_id: String,
+    /// When the peer's SVID (chain) stops being valid.
+    pub not_after: SystemTime,
     /// The peer's Noise static key, which is its WireGuard static public key.
     pub remote_static: [u8; 32],
     /// The chain the peer presented (DER, leaf first).
     pub remote_chain: Vec<Vec<u8>>,
     /// Where the peer asked for WireGuard traffic to go, if it said.
     pub endpoint_hint: Option<SocketAddr>,
+    /// The peer's mesh address, if it said.
+    pub mesh_addr: Option<IpAddr>,
     /// The Noise handshake hash, unique to this join (for channel binding or logs).
     pub handshake_hash: Vec<u8>,
 }
@@ -66,10 +70,7 @@ impl Core {
         verifier: Arc<dyn PeerVerifier>,
         now: SystemTime,
     ) -> Result<Self, JoinError> {
-        let hello = JoinHello {
-            chain,
-            endpoint_hint: None,
-        };
+        let hello = JoinHello::new(chain);
         hello.check().map_err(JoinError::LocalChain)?;
         let params = NOISE_PARAMS.parse().map_err(JoinError::Noise)?;
         let secret = local_key.secret().to_bytes();
@@ -212,10 +213,12 @@ impl Core {
 
     fn joined(&self, pending: Pending) -> Joined {
         Joined {
-            peer_id: pending.peer_id,
+            peer_id: pending.peer.id,
+            not_after: pending.peer.not_after,
             remote_static: pending.remote_static,
             remote_chain: pending.hello.chain,
             endpoint_hint: pending.hello.endpoint_hint,
+            mesh_addr: pending.hello.mesh_addr,
             handshake_hash: self.handshake_hash.clone(),
         }
     }
@@ -236,7 +239,7 @@ impl Core {
 
 /// A peer verified by us, waiting for its verdict on us.
 struct Pending {
-    peer_id: String,
+    peer: VerifiedPeer,
     remote_static: [u8; 32],
     hello: JoinHello,
 }
@@ -294,6 +297,12 @@ impl Initiator {
         self
     }
 
+    /// Tells the responder our mesh address.
+    pub fn with_mesh_addr(mut self, addr: IpAddr) -> Self {
+        self.core.hello.mesh_addr = Some(addr);
+        self
+    }
+
     pub fn handle_frame(&mut self, frame: &[u8], now: SystemTime) -> Result<Step, JoinError> {
         self.core.admit(frame, now)?;
         let result = self.step(frame, now);
@@ -323,13 +332,13 @@ impl Initiator {
                     now,
                 );
                 match verified {
-                    Ok(peer_id) => {
+                    Ok(peer) => {
                         let answer = self.core.local_answer()?;
                         self.core.write_handshake(&answer)?;
                         self.core.enter_transport()?;
                         self.core.send_verdict(&Verdict::Accept)?;
                         self.state = InitiatorState::AwaitVerdict(Pending {
-                            peer_id,
+                            peer,
                             remote_static,
                             hello,
                         });
@@ -410,6 +419,12 @@ impl Responder {
         self
     }
 
+    /// Tells the initiator our mesh address.
+    pub fn with_mesh_addr(mut self, addr: IpAddr) -> Self {
+        self.core.hello.mesh_addr = Some(addr);
+        self
+    }
+
     pub fn handle_frame(&mut self, frame: &[u8], now: SystemTime) -> Result<Step, JoinError> {
         self.core.admit(frame, now)?;
         let result = self.step(frame, now);
@@ -430,7 +445,7 @@ impl Responder {
                 if let Some(local) = self.local_id.as_ref().filter(|l| **l != request.expected) {
                     let local = local.clone();
                     self.core.refuse_in_handshake(format!(
-                        "this gateway is {local}, not {}",
+                        "this gateway is {local}, not {} [wrong-identity]",
                         request.expected
                     ))?;
                     return Err(JoinError::NotExpectedIdentity {
@@ -464,10 +479,10 @@ impl Responder {
                     .verifier
                     .verify(&hello.chain, &remote_static, None, now)
                 {
-                    Ok(peer_id) => {
+                    Ok(peer) => {
                         self.core.send_verdict(&Verdict::Accept)?;
                         self.state = ResponderState::AwaitVerdict(Pending {
-                            peer_id,
+                            peer,
                             remote_static,
                             hello,
                         });

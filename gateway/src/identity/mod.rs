@@ -57,7 +57,7 @@ use std::time::{Duration, SystemTime};
 
 pub use join::{Initiator, Joined, Responder, Step};
 pub use rate_limit::{JoinRateLimiter, RateLimitConfig};
-pub use server::{join_connect, join_listen, JoinServerHandle, JoinedPeer};
+pub use server::{join_connect, join_listen, JoinServerHandle, JoinedPeer, Presenting};
 pub use wire::{JoinHello, WireError, PROTOCOL_VERSION};
 
 /// The TCP port the join listens on, beside WireGuard's 51820.
@@ -70,15 +70,24 @@ pub const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub trait PeerVerifier: Send + Sync {
     /// Verifies `chain` (DER, leaf first) at `now`, checks that `remote_static` (the key the
     /// peer proved in the Noise handshake) is the WireGuard key bound into its SVID, and when
-    /// `expected` is given, that the SVID names that SPIFFE ID. Returns the peer's SPIFFE ID, or
-    /// the rule the chain broke (sent to the peer as the refusal reason).
+    /// `expected` is given, that the SVID names that SPIFFE ID. Returns the peer's SPIFFE ID and
+    /// SVID expiry, or the rule the chain broke (sent to the peer as the refusal reason).
     fn verify(
         &self,
         chain: &[Vec<u8>],
         remote_static: &[u8; 32],
         expected: Option<&str>,
         now: SystemTime,
-    ) -> Result<String, String>;
+    ) -> Result<VerifiedPeer, String>;
+}
+
+/// What a verifier learned from a chain it accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedPeer {
+    /// The SPIFFE ID of the SVID.
+    pub id: String,
+    /// The end of the SVID's validity (the chain's earliest `notAfter`).
+    pub not_after: SystemTime,
 }
 
 /// Why a join failed.

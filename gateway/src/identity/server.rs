@@ -3,7 +3,7 @@
 //! front of everything. A connection that sends garbage ends only itself.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -22,6 +22,77 @@ pub const MAX_CONCURRENT_JOINS: usize = 64;
 /// How long a side that ends a join keeps reading after its last frame, so that closing with
 /// unread bytes does not reset the connection before the peer has read the refusal.
 const LINGER: Duration = Duration::from_millis(500);
+
+/// What this gateway presents in every join it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Presenting {
+    /// Our SVID chain, DER, leaf first.
+    pub chain: Vec<Vec<u8>>,
+    /// Our SPIFFE ID: as responder, an initiator expecting someone else is refused in message
+    /// 2, before it sees our chain.
+    pub spiffe_id: Option<String>,
+    /// Where peers should send WireGuard traffic, when not to the join's address.
+    pub endpoint_hint: Option<SocketAddr>,
+    /// Our mesh address, for joins through the tunnel.
+    pub mesh_addr: Option<IpAddr>,
+}
+
+impl From<Vec<Vec<u8>>> for Presenting {
+    fn from(chain: Vec<Vec<u8>>) -> Self {
+        Self {
+            chain,
+            spiffe_id: None,
+            endpoint_hint: None,
+            mesh_addr: None,
+        }
+    }
+}
+
+impl Presenting {
+    fn hello(&self) -> wire::JoinHello {
+        wire::JoinHello {
+            chain: self.chain.clone(),
+            endpoint_hint: self.endpoint_hint,
+            mesh_addr: self.mesh_addr,
+        }
+    }
+
+    fn responder(
+        &self,
+        key: &PrivateKey,
+        verifier: Arc<dyn PeerVerifier>,
+        now: SystemTime,
+    ) -> Result<Responder, JoinError> {
+        let mut r = Responder::new(key, self.chain.clone(), verifier, now)?;
+        if let Some(id) = &self.spiffe_id {
+            r = r.with_spiffe_id(id.clone());
+        }
+        if let Some(hint) = self.endpoint_hint {
+            r = r.with_endpoint_hint(hint);
+        }
+        if let Some(mesh) = self.mesh_addr {
+            r = r.with_mesh_addr(mesh);
+        }
+        Ok(r)
+    }
+
+    fn initiator(
+        &self,
+        key: &PrivateKey,
+        expected: String,
+        verifier: Arc<dyn PeerVerifier>,
+        now: SystemTime,
+    ) -> Result<Initiator, JoinError> {
+        let mut i = Initiator::new(key, expected, self.chain.clone(), verifier, now)?;
+        if let Some(hint) = self.endpoint_hint {
+            i = i.with_endpoint_hint(hint);
+        }
+        if let Some(mesh) = self.mesh_addr {
+            i = i.with_mesh_addr(mesh);
+        }
+        Ok(i)
+    }
+}
 
 /// A peer that finished a join with us.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,24 +218,21 @@ async fn linger_close<T: AsyncRead + AsyncWrite + Unpin>(io: &mut T) {
 pub async fn join_listen(
     addr: SocketAddr,
     local_key: PrivateKey,
-    chain: Vec<Vec<u8>>,
+    me: Presenting,
     verifier: Arc<dyn PeerVerifier>,
     limiter: JoinRateLimiter,
 ) -> io::Result<(JoinServerHandle, mpsc::Receiver<JoinedPeer>)> {
     // Refuse a chain that cannot be sent now, not on the first join.
-    wire::JoinHello {
-        chain: chain.clone(),
-        endpoint_hint: None,
-    }
-    .check()
-    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    me.hello()
+        .check()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let listener = TcpListener::bind(addr).await?;
     let local_addr = listener.local_addr()?;
     let (tx, rx) = mpsc::channel(64);
     let task = tokio::spawn(accept_loop(
         listener,
         Arc::new(local_key),
-        Arc::new(chain),
+        Arc::new(me),
         verifier,
         limiter,
         tx,
@@ -175,7 +243,7 @@ pub async fn join_listen(
 async fn accept_loop(
     listener: TcpListener,
     local_key: Arc<PrivateKey>,
-    chain: Arc<Vec<Vec<u8>>>,
+    me: Arc<Presenting>,
     verifier: Arc<dyn PeerVerifier>,
     mut limiter: JoinRateLimiter,
     tx: mpsc::Sender<JoinedPeer>,
@@ -183,7 +251,11 @@ async fn accept_loop(
     let slots = Arc::new(Semaphore::new(MAX_CONCURRENT_JOINS));
     loop {
         let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
+            // A dual-stack listener reports IPv4 peers as v4-mapped IPv6; say what they are.
+            Ok((stream, peer)) => (
+                stream,
+                SocketAddr::new(peer.ip().to_canonical(), peer.port()),
+            ),
             Err(e) => {
                 // EMFILE and the like: back off rather than spin.
                 tracing::warn!(error = %e, "join listener accept failed");
@@ -202,15 +274,10 @@ async fn accept_loop(
             tracing::debug!(%peer, "join refused: too many joins in progress");
             continue;
         };
-        let (key, chain, verifier, tx) = (
-            local_key.clone(),
-            chain.clone(),
-            verifier.clone(),
-            tx.clone(),
-        );
+        let (key, me, verifier, tx) = (local_key.clone(), me.clone(), verifier.clone(), tx.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            match serve_one(stream, &key, &chain, verifier).await {
+            match serve_one(stream, &key, &me, verifier).await {
                 Ok(joined) => {
                     tracing::debug!(%peer, peer_id = %joined.peer_id, "join accepted");
                     let _ = tx
@@ -229,11 +296,11 @@ async fn accept_loop(
 async fn serve_one(
     mut stream: TcpStream,
     key: &PrivateKey,
-    chain: &[Vec<u8>],
+    me: &Presenting,
     verifier: Arc<dyn PeerVerifier>,
 ) -> Result<Joined, JoinError> {
     let _ = stream.set_nodelay(true);
-    let mut responder = Responder::new(key, chain.to_vec(), verifier, SystemTime::now())?;
+    let mut responder = me.responder(key, verifier, SystemTime::now())?;
     let result = tokio::time::timeout(JOIN_TIMEOUT, drive(&mut responder, &mut stream))
         .await
         .unwrap_or(Err(JoinError::Timeout));
@@ -245,11 +312,11 @@ async fn serve_one(
 pub async fn join_connect(
     addr: SocketAddr,
     local_key: &PrivateKey,
-    chain: Vec<Vec<u8>>,
+    me: &Presenting,
     expected: String,
     verifier: Arc<dyn PeerVerifier>,
 ) -> Result<JoinedPeer, JoinError> {
-    let mut initiator = Initiator::new(local_key, expected, chain, verifier, SystemTime::now())?;
+    let mut initiator = me.initiator(local_key, expected, verifier, SystemTime::now())?;
     let run = async {
         let mut stream = TcpStream::connect(addr).await.map_err(JoinError::Io)?;
         let _ = stream.set_nodelay(true);

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use super::join::{Initiator, Joined, Responder, Step, NOISE_PARAMS, PROLOGUE};
 use super::wire::{self, Answer, JoinRequest};
-use super::{fuzzing, JoinError, PeerVerifier, JOIN_TIMEOUT};
+use super::{fuzzing, JoinError, PeerVerifier, VerifiedPeer, JOIN_TIMEOUT};
 use crate::keys::PrivateKey;
 
 pub(crate) const ALPHA: &str = "spiffe://isthmus.test/cluster/alpha/gateway/a1";
@@ -46,7 +46,7 @@ impl PeerVerifier for FakeVerifier {
         remote_static: &[u8; 32],
         expected: Option<&str>,
         _now: SystemTime,
-    ) -> Result<String, String> {
+    ) -> Result<VerifiedPeer, String> {
         if let Some(rule) = &self.refuse {
             return Err(rule.clone());
         }
@@ -59,7 +59,10 @@ impl PeerVerifier for FakeVerifier {
         if let Some(expected) = expected.filter(|e| *e != id) {
             return Err(format!("SVID names {id}, expected {expected}"));
         }
-        Ok(id.to_string())
+        Ok(VerifiedPeer {
+            id: id.to_string(),
+            not_after: t0() + Duration::from_secs(3600),
+        })
     }
 }
 
@@ -262,7 +265,7 @@ fn a_responder_that_knows_its_id_refuses_the_wrong_expectation_in_message_2() {
     assert!(matches!(failed(ro),
         JoinError::NotExpectedIdentity { expected, local } if expected == other && local == BETA));
     assert!(matches!(failed(io),
-        JoinError::RefusedByPeer { reason } if reason == format!("this gateway is {BETA}, not {other}")));
+        JoinError::RefusedByPeer { reason } if reason == format!("this gateway is {BETA}, not {other} [wrong-identity]")));
     assert_eq!(frames, 2, "the initiator never sends its chain");
 }
 

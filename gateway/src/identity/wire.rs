@@ -10,10 +10,11 @@
 //! verdict        = version:u16 | 0x01                      accept
 //!                | version:u16 | 0x02 | reason             refuse
 //! hello          = count:u16 (1..=4) | { der_len:u16 (1..=4096) | der[der_len] }*count
-//!                  | endpoint
+//!                  | endpoint | mesh
 //! endpoint       = 0x00                                    none
 //!                | 0x04 | ipv4[4]  | port:u16
 //!                | 0x06 | ipv6[16] | port:u16
+//! mesh           = 0x00 | 0x04 | ipv4[4] | 0x06 | ipv6[16]   the sender's mesh address
 //! reason         = len:u16 | utf8[len]                     ≤ 1024 (longer reasons are cut)
 //! ```
 //!
@@ -92,6 +93,20 @@ pub struct JoinHello {
     /// Where the sender would like WireGuard traffic sent, if it knows better than the address
     /// the join came from (a NAT'd or multi-homed gateway).
     pub endpoint_hint: Option<SocketAddr>,
+    /// The sender's mesh address (on its TUN): where the peer reaches it through the tunnel,
+    /// e.g. to re-join with a rotated key while the old session still carries traffic.
+    pub mesh_addr: Option<IpAddr>,
+}
+
+impl JoinHello {
+    /// A hello carrying only a chain.
+    pub fn new(chain: Vec<Vec<u8>>) -> Self {
+        Self {
+            chain,
+            endpoint_hint: None,
+            mesh_addr: None,
+        }
+    }
 }
 
 /// Messages 2 and 3: the sender's hello, or its refusal to go on.
@@ -247,7 +262,13 @@ impl JoinHello {
             Some(SocketAddr::V4(_)) => 1 + 4 + 2,
             Some(SocketAddr::V6(_)) => 1 + 16 + 2,
         };
-        let total = 2 + 1 + 2 + self.chain.iter().map(|c| 2 + c.len()).sum::<usize>() + endpoint;
+        let mesh = match self.mesh_addr {
+            None => 1,
+            Some(IpAddr::V4(_)) => 1 + 4,
+            Some(IpAddr::V6(_)) => 1 + 16,
+        };
+        let total =
+            2 + 1 + 2 + self.chain.iter().map(|c| 2 + c.len()).sum::<usize>() + endpoint + mesh;
         if total > MAX_PAYLOAD_LEN {
             return Err(WireError::TooLarge(total));
         }
@@ -274,6 +295,17 @@ impl JoinHello {
                 out.push(ADDR_V6);
                 out.extend_from_slice(&a.ip().octets());
                 put_u16(out, a.port());
+            }
+        }
+        match self.mesh_addr {
+            None => out.push(ADDR_NONE),
+            Some(IpAddr::V4(a)) => {
+                out.push(ADDR_V4);
+                out.extend_from_slice(&a.octets());
+            }
+            Some(IpAddr::V6(a)) => {
+                out.push(ADDR_V6);
+                out.extend_from_slice(&a.octets());
             }
         }
         Ok(())
@@ -307,9 +339,16 @@ impl JoinHello {
             }
             other => return Err(WireError::UnknownAddressFamily(other)),
         };
+        let mesh_addr = match r.u8()? {
+            ADDR_NONE => None,
+            ADDR_V4 => Some(IpAddr::V4(Ipv4Addr::from(r.array::<4>()?))),
+            ADDR_V6 => Some(IpAddr::V6(Ipv6Addr::from(r.array::<16>()?))),
+            other => return Err(WireError::UnknownAddressFamily(other)),
+        };
         Ok(Self {
             chain,
             endpoint_hint,
+            mesh_addr,
         })
     }
 }

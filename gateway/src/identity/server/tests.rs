@@ -24,7 +24,7 @@ async fn listen(
     let (handle, rx) = join_listen(
         "127.0.0.1:0".parse().unwrap(),
         key.clone(),
-        fake_chain(BETA, &key),
+        fake_chain(BETA, &key).into(),
         verifier,
         JoinRateLimiter::new(limits),
     )
@@ -40,7 +40,7 @@ async fn join_over_tcp_delivers_the_peer_to_both_sides() {
     let client = join_connect(
         server.local_addr(),
         &ikey,
-        fake_chain(ALPHA, &ikey),
+        &fake_chain(ALPHA, &ikey).into(),
         BETA.into(),
         FakeVerifier::arc(),
     )
@@ -71,7 +71,7 @@ async fn a_refusal_over_tcp_names_the_rule_to_the_client() {
     let err = join_connect(
         server.local_addr(),
         &ikey,
-        fake_chain(ALPHA, &ikey),
+        &fake_chain(ALPHA, &ikey).into(),
         BETA.into(),
         FakeVerifier::arc(),
     )
@@ -120,7 +120,7 @@ async fn garbage_clients_are_disconnected_while_a_real_join_succeeds() {
     let client = join_connect(
         addr,
         &ikey,
-        fake_chain(ALPHA, &ikey),
+        &fake_chain(ALPHA, &ikey).into(),
         BETA.into(),
         FakeVerifier::arc(),
     )
@@ -139,7 +139,7 @@ async fn garbage_clients_are_disconnected_while_a_real_join_succeeds() {
     let again = join_connect(
         addr,
         &ikey,
-        fake_chain(ALPHA, &ikey),
+        &fake_chain(ALPHA, &ikey).into(),
         BETA.into(),
         FakeVerifier::arc(),
     )
@@ -156,11 +156,12 @@ async fn a_source_over_its_rate_is_turned_away() {
     };
     let (_, server, _joined) = listen(FakeVerifier::arc(), limits).await;
     let ikey = PrivateKey::generate();
+    let me: super::Presenting = fake_chain(ALPHA, &ikey).into();
     let attempt = || {
         join_connect(
             server.local_addr(),
             &ikey,
-            fake_chain(ALPHA, &ikey),
+            &me,
             BETA.into(),
             FakeVerifier::arc(),
         )

@@ -5,6 +5,7 @@ fn hello() -> JoinHello {
     JoinHello {
         chain: vec![vec![0x30; 700], vec![0x31; 900]],
         endpoint_hint: Some("192.0.2.7:51820".parse().unwrap()),
+        mesh_addr: Some("100.96.0.7".parse().unwrap()),
     }
 }
 
@@ -24,12 +25,14 @@ fn hello_layout_is_the_documented_one() {
     let bytes = Answer::Hello(JoinHello {
         chain: vec![vec![0xAA, 0xBB]],
         endpoint_hint: Some("[2001:db8::1]:7".parse().unwrap()),
+        mesh_addr: Some("fd00::7".parse().unwrap()),
     })
     .encode()
     .unwrap();
     let mut want = vec![0, 1, TAG_HELLO, 0, 1, 0, 2, 0xAA, 0xBB, ADDR_V6];
     want.extend_from_slice(&"2001:db8::1".parse::<Ipv6Addr>().unwrap().octets());
-    want.extend_from_slice(&[0, 7]);
+    want.extend_from_slice(&[0, 7, ADDR_V6]);
+    want.extend_from_slice(&"fd00::7".parse::<Ipv6Addr>().unwrap().octets());
     assert_eq!(bytes, want);
 }
 
@@ -93,6 +96,7 @@ fn four_certificates_fit_within_the_message_limit() {
     let h = JoinHello {
         chain: vec![vec![7; 4000]; MAX_CERTS],
         endpoint_hint: Some("[::1]:1".parse().unwrap()),
+        mesh_addr: None,
     };
     let bytes = Answer::Hello(h.clone()).encode().unwrap();
     assert!(bytes.len() <= MAX_PAYLOAD_LEN);
@@ -100,6 +104,7 @@ fn four_certificates_fit_within_the_message_limit() {
     let full = JoinHello {
         chain: vec![vec![7; MAX_CERT_LEN]; MAX_CERTS],
         endpoint_hint: None,
+        mesh_addr: None,
     };
     assert!(matches!(
         Answer::Hello(full).encode(),
@@ -183,6 +188,7 @@ fn arb_hello() -> impl Strategy<Value = JoinHello> {
         .prop_map(|(chain, endpoint_hint)| JoinHello {
             chain,
             endpoint_hint,
+            mesh_addr: None,
         })
 }
 
