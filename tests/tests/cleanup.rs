@@ -207,6 +207,19 @@ fn sighup_reload_keeps_sessions_and_refuses_a_broken_file() {
         "the reload error does not quote the bad value:\n{new_log}"
     );
     assert!(lab.gateway_running(1), "gateway 1 died on a broken reload");
+    // `tunctl reload` refuses it the same way, and tells the operator why.
+    let refused = lab.tunctl_text(1, &["reload"]);
+    let message = format!(
+        "{:#}",
+        refused
+            .as_ref()
+            .err()
+            .expect("tunctl reload of a broken file succeeded")
+    );
+    assert!(
+        message.contains("reload refused") && message.contains("10.33.0.0/33"),
+        "tunctl reload does not say why the file was refused: {message}"
+    );
     assert_eq!(routes_via(&gw1, &tun), routes_reloaded);
     for j in [2, 3] {
         common::assert_pings(&lab, &pod1, pod(j), 3);
@@ -220,4 +233,14 @@ fn sighup_reload_keeps_sessions_and_refuses_a_broken_file() {
             .is_some_and(|a| a.iter().any(|v| v == EXTRA)),
         "the broken reload changed c3's prefixes: {p3}"
     );
+
+    // Fixed file, `tunctl reload`: it reports what it applied (nothing changed: both kept).
+    std::fs::write(lab.config_path(1), &good).expect("restoring config");
+    let report = lab
+        .tunctl(1, &["-o", "json", "reload"])
+        .expect("tunctl reload");
+    assert_eq!(report["kept"], 2, "{report}");
+    assert_eq!(report["added"], 0, "{report}");
+    assert_eq!(report["rotated"], false, "{report}");
+    assert_eq!(session(&lab, "c2"), c2);
 }

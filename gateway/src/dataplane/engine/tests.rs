@@ -350,3 +350,62 @@ fn plaintext_is_padded_to_16_but_not_past_the_mtu() {
         assert_eq!(received(&mut b), vec![p], "the receiver trims the padding");
     }
 }
+
+#[test]
+fn retiring_peer_keeps_its_session_inbound_but_gets_no_routes() {
+    let (mut a, mut b) = pair();
+    handshake(&mut a, &mut b);
+    // b "rotated": b's old key (the session a holds) retires; a new key owns b's prefixes.
+    let kb_old = b.engine.private_key().clone();
+    let kb_new = PrivateKey::generate();
+    let old_cfg = peer_cfg(&kb_old, Some(b.addr), &["10.2.0.0/16"]);
+    let new_cfg = peer_cfg(&kb_new, Some(b.addr), &["10.2.0.0/16"]);
+    let before = peer_of(&a);
+    let diff = a
+        .engine
+        .apply_peer_set(&[new_cfg.clone()], &[old_cfg.clone()]);
+    assert_eq!(diff.added, vec![kb_new.public_key()]);
+    assert_eq!(diff.kept, vec![kb_old.public_key()]);
+    let old = a
+        .engine
+        .peers()
+        .by_key(&kb_old.public_key())
+        .cloned()
+        .unwrap();
+    assert!(Arc::ptr_eq(&before, &old), "the old session is kept");
+    assert!(old.is_retiring());
+    // Routed to the new key only.
+    let routed = a.engine.peers().route("10.2.1.2".parse().unwrap()).cloned();
+    assert_eq!(routed.map(|p| p.public_key), Some(kb_new.public_key()));
+    assert_eq!(
+        a.engine.routed_prefixes(),
+        vec!["10.2.0.0/16".parse::<IpNet>().unwrap()]
+    );
+    // Packets b still sends on the old session arrive and pass the source check.
+    let p = ipv4([10, 2, 1, 2], [10, 1, 1, 2], 20);
+    encap(&b.engine, &p, &mut b.tx);
+    assert_eq!(deliver(&mut b, &mut a), 1);
+    assert_eq!(received(&mut a), vec![p]);
+    assert_eq!(a.engine.drops.get(DropReason::SourceNotAllowed), 0);
+    // ...but not from outside the old key's prefixes.
+    encap(
+        &b.engine,
+        &ipv4([10, 9, 1, 2], [10, 1, 1, 2], 20),
+        &mut b.tx,
+    );
+    deliver(&mut b, &mut a);
+    assert!(received(&mut a).is_empty());
+    assert_eq!(a.engine.drops.get(DropReason::SourceNotAllowed), 1);
+
+    // Grace over: the old key is gone and its session with it.
+    let diff = a.engine.apply_peer_set(&[new_cfg], &[]);
+    assert_eq!(diff.removed, vec![kb_old.public_key()]);
+    encap(
+        &b.engine,
+        &ipv4([10, 2, 1, 2], [10, 1, 1, 2], 20),
+        &mut b.tx,
+    );
+    deliver(&mut b, &mut a);
+    assert!(received(&mut a).is_empty());
+    assert_eq!(a.engine.drops.get(DropReason::UnknownPeer), 1);
+}
