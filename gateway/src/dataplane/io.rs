@@ -335,7 +335,7 @@ async fn timers(engine: Arc<Engine>, udp: Arc<Udp>, mut shutdown: watch::Receive
             _ = interval.tick() => {}
         }
         ticks += 1;
-        engine.tick(&mut tx, SystemTime::now(), ticks % 4 == 0);
+        engine.tick(&mut tx, SystemTime::now(), ticks.is_multiple_of(4));
         udp.send(&engine, &tx).await;
         tx.clear();
     }
