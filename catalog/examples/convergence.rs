@@ -52,7 +52,7 @@ fn exports(c: usize, variant: u32) -> Vec<ServiceExport> {
                 .map(|i| Endpoint {
                     address: IpAddr::from([10, c as u8, k as u8, i as u8 + 1]),
                     port: 8080,
-                    ready: (i + variant as usize) % 5 != 0,
+                    ready: !(i + variant as usize).is_multiple_of(5),
                     zone: Some(format!("zone-{}", i % 3)),
                 })
                 .collect();

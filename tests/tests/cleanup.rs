@@ -211,10 +211,7 @@ fn sighup_reload_keeps_sessions_and_refuses_a_broken_file() {
     let refused = lab.tunctl_text(1, &["reload"]);
     let message = format!(
         "{:#}",
-        refused
-            .as_ref()
-            .err()
-            .expect("tunctl reload of a broken file succeeded")
+        refused.expect_err("tunctl reload of a broken file succeeded")
     );
     assert!(
         message.contains("reload refused") && message.contains("10.33.0.0/33"),

@@ -361,9 +361,10 @@ fn retiring_peer_keeps_its_session_inbound_but_gets_no_routes() {
     let old_cfg = peer_cfg(&kb_old, Some(b.addr), &["10.2.0.0/16"]);
     let new_cfg = peer_cfg(&kb_new, Some(b.addr), &["10.2.0.0/16"]);
     let before = peer_of(&a);
-    let diff = a
-        .engine
-        .apply_peer_set(&[new_cfg.clone()], &[old_cfg.clone()]);
+    let diff = a.engine.apply_peer_set(
+        std::slice::from_ref(&new_cfg),
+        std::slice::from_ref(&old_cfg),
+    );
     assert_eq!(diff.added, vec![kb_new.public_key()]);
     assert_eq!(diff.kept, vec![kb_old.public_key()]);
     let old = a
