@@ -4,8 +4,13 @@
 //! error names the file, the field and the offending value, and nothing is applied until the
 //! whole file has validated (see `gateway/README.md` for the field reference).
 
+mod control;
 mod identity;
 
+pub use control::{
+    cluster_of, ControlConfig, DnsSettings, EtcdTarget, ExportSource, DEFAULT_CONTROL_PORT,
+    DEFAULT_VIP_RANGE,
+};
 pub use identity::{Expected, IdentityConfig, IdentityPeerConfig, DEFAULT_JOIN_PORT};
 
 use crate::keys::{PrivateKey, PublicKey};
@@ -56,6 +61,8 @@ pub struct Config {
     pub identity: Option<IdentityConfig>,
     /// Peers configured by SPIFFE identity (or cluster); their keys come from Noise joins.
     pub identity_peers: Vec<IdentityPeerConfig>,
+    /// Catalog sync, DNS and the store: present when the file has a `[control]` section.
+    pub control: Option<ControlConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -111,6 +118,10 @@ struct RawConfig {
     dataplane: RawDataplane,
     #[serde(default, rename = "peer")]
     peers: Vec<RawPeer>,
+    control: Option<control::RawControl>,
+    exports: Option<control::RawExports>,
+    store: Option<control::RawStore>,
+    dns: Option<control::RawDns>,
 }
 
 #[derive(Deserialize)]
@@ -429,6 +440,21 @@ impl Config {
             }
         }
 
+        let control = control::load_control(
+            &cx,
+            control::RawSections {
+                control: raw.control,
+                exports: raw.exports,
+                store: raw.store,
+                dns: raw.dns,
+            },
+            control::Context {
+                base,
+                interface: &name,
+                mesh_addr: addresses.first().map(|a| a.addr()),
+                spiffe_id: identity.as_ref().map(|i| i.id.as_str()),
+            },
+        )?;
         Ok(Config {
             source: path.to_path_buf(),
             interface: InterfaceConfig {
@@ -445,6 +471,7 @@ impl Config {
             peers,
             identity,
             identity_peers,
+            control,
         })
     }
 }

@@ -32,6 +32,8 @@ pub struct DaemonState {
     pending_key: parking_lot::Mutex<Option<(PrivateKey, Instant)>>,
     /// `tunctl reload` requests for the main loop.
     reloads: tokio::sync::mpsc::Sender<ReloadReply>,
+    /// The control plane, once started (`[control]`).
+    control: std::sync::OnceLock<Arc<crate::control::Shared>>,
 }
 
 type ReloadReply = tokio::sync::oneshot::Sender<Result<ReloadReport, String>>;
@@ -79,6 +81,14 @@ impl AdminSource for DaemonState {
             offloads: self.offloads.clone(),
             dropped: self.engine.drops.snapshot(),
         }
+    }
+
+    fn services(&self) -> Option<Vec<crate::admin::proto::ServiceInfo>> {
+        self.control.get().map(|c| c.services())
+    }
+
+    fn control(&self) -> Option<crate::admin::proto::ControlStatus> {
+        self.control.get().map(|c| c.status())
     }
 
     fn private_key_hex(&self) -> String {
@@ -233,6 +243,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         listen_port,
         pending_key: parking_lot::Mutex::new(None),
         reloads: reload_tx,
+        control: std::sync::OnceLock::new(),
     });
     let expiry = {
         let state = state.clone();
@@ -292,6 +303,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let control = match &config.control {
+        Some(c) => {
+            let learned = Arc::new(crate::control::peers::LearnedPeers::default());
+            let directory = crate::control::peers::MembershipDirectory {
+                state: Arc::downgrade(&state),
+                learned: learned.clone(),
+            };
+            let control = crate::control::Control::start(
+                c.clone(),
+                state.mesh_addr(),
+                Box::new(directory),
+                learned,
+            )
+            .await
+            .context("failed to start the control plane")?;
+            let _ = state.control.set(control.shared());
+            Some(control)
+        }
+        None => None,
+    };
     tracing::info!(
         interface = %name, port = listen_port, peers = config.peers.len(),
         public_key = %engine.public_key(), ?offloads, "isthmus-gateway running"
@@ -341,6 +372,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     expiry.abort();
 
     tracing::info!(interface = %name, "shutting down");
+    // First, while the tunnels still carry it: peers hear our Bye and fail over at once.
+    if let Some(c) = control {
+        c.stop().await;
+    }
     if let Some(j) = joins {
         j.stop();
     }

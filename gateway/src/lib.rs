@@ -2,13 +2,16 @@
 //!
 //! `dataplane` holds the packet path (sans-IO engine plus the tokio shell around TUN and UDP),
 //! `config` the validated configuration, `admin` the operator interfaces (admin socket, UAPI,
-//! metrics), `netlink` the kernel link/address/route programming, `daemon` the process shell.
+//! metrics), `netlink` the kernel link/address/route programming, `daemon` the process shell,
+//! `control` the control plane (catalog sync through the tunnel, health, DNS, catalog store).
 
 pub mod admin;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod identity;
 pub mod keys;
+pub mod members;
 pub mod membership;
 pub mod netlink;

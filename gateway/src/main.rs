@@ -22,8 +22,9 @@ struct Args {
     /// Log line format.
     #[arg(long, env = "ISTHMUS_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
-    /// Log filter, tracing-subscriber syntax (e.g. `info`, `isthmus_gateway=debug`).
-    #[arg(long, env = "ISTHMUS_LOG", default_value = "info")]
+    /// Log filter, tracing-subscriber syntax (e.g. `info`, `isthmus_gateway=debug`). hickory
+    /// logs every DNS request with the client address at INFO, hence the default's second part.
+    #[arg(long, env = "ISTHMUS_LOG", default_value = "info,hickory_server=warn")]
     log: String,
     /// Validate the configuration and exit without creating anything.
     #[arg(long)]

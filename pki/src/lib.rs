@@ -57,6 +57,7 @@ mod error;
 mod inspect;
 mod issue;
 pub mod pem_io;
+pub mod signing;
 mod spiffe_id;
 mod verify;
 mod x509;
@@ -67,6 +68,7 @@ pub use ca::{Authority, BACKDATE, DEFAULT_INTERMEDIATE_LIFETIME, DEFAULT_ROOT_LI
 pub use error::Error;
 pub use inspect::{inspect, CertInfo};
 pub use issue::{IssuedSvid, DEFAULT_SVID_LIFETIME};
+pub use signing::{verify_signature, Context, SignatureError, SvidSigner};
 pub use spiffe_id::{IdError, IdKind, SpiffeId, TrustDomain, MAX_ID_LEN, MAX_TRUST_DOMAIN_LEN};
 pub use verify::{verify, CertPosition, VerifiedSvid, VerifyError, MAX_CHAIN_LEN};
 

@@ -25,6 +25,7 @@
 //!   [`Lab::sweep_stale`]) removes labs whose owner process is gone.
 
 mod config;
+pub mod control;
 mod gateway;
 mod lab;
 pub mod netns;

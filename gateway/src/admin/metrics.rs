@@ -224,10 +224,124 @@ pub fn render(source: &dyn AdminSource) -> String {
         }
     }
 
+    if let Some(control) = source.control() {
+        register_control(&mut registry, &status.name, &control);
+    }
+
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)
         .expect("writing to a String cannot fail");
     text
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClusterReasonLabels {
+    interface: String,
+    local_cluster: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClusterLabels {
+    interface: String,
+    local_cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RcodeLabels {
+    interface: String,
+    local_cluster: String,
+    rcode: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RemoteLabels {
+    interface: String,
+    local_cluster: String,
+    remote_cluster: String,
+}
+
+/// The control plane's series: catalog refusals, sync sessions, DNS answers, remote health.
+fn register_control(
+    registry: &mut Registry,
+    interface: &str,
+    control: &super::proto::ControlStatus,
+) {
+    let base = ClusterLabels {
+        interface: interface.to_string(),
+        local_cluster: control.cluster.clone(),
+    };
+    let refusals = CounterFamily::<ClusterReasonLabels>::default();
+    registry.register(
+        "isthmus_catalog_refusals",
+        "Sync messages or connections refused (the session is closed, the catalog unchanged), by reason",
+        refusals.clone(),
+    );
+    for (reason, n) in &control.refusals {
+        refusals
+            .get_or_create(&ClusterReasonLabels {
+                interface: base.interface.clone(),
+                local_cluster: base.local_cluster.clone(),
+                reason: reason.clone(),
+            })
+            .inc_by(*n);
+    }
+    let sessions = GaugeFamily::<ClusterLabels>::default();
+    registry.register(
+        "isthmus_sync_sessions",
+        "Catalog sync sessions open",
+        sessions.clone(),
+    );
+    sessions
+        .get_or_create(&base)
+        .set(i64::try_from(control.sessions).unwrap_or(i64::MAX));
+    let synced = GaugeFamily::<ClusterLabels>::default();
+    registry.register(
+        "isthmus_sync_sessions_synced",
+        "Catalog sync sessions whose peer's records are current",
+        synced.clone(),
+    );
+    synced
+        .get_or_create(&base)
+        .set(i64::try_from(control.synced_sessions).unwrap_or(i64::MAX));
+    let services = GaugeFamily::<ClusterLabels>::default();
+    registry.register(
+        "isthmus_catalog_services",
+        "Services in the merged catalog",
+        services.clone(),
+    );
+    services
+        .get_or_create(&base)
+        .set(i64::try_from(control.services).unwrap_or(i64::MAX));
+    let dns = CounterFamily::<RcodeLabels>::default();
+    registry.register(
+        "isthmus_dns_queries",
+        "clusterset DNS queries answered, by response code",
+        dns.clone(),
+    );
+    for (rcode, n) in &control.dns_queries {
+        dns.get_or_create(&RcodeLabels {
+            interface: base.interface.clone(),
+            local_cluster: base.local_cluster.clone(),
+            rcode: rcode.clone(),
+        })
+        .inc_by(*n);
+    }
+    let offered = GaugeFamily::<RemoteLabels>::default();
+    registry.register(
+        "isthmus_remote_cluster_offered",
+        "1 if the remote cluster's endpoints are offered (healthy), else 0",
+        offered.clone(),
+    );
+    for r in &control.remote_clusters {
+        offered
+            .get_or_create(&RemoteLabels {
+                interface: base.interface.clone(),
+                local_cluster: base.local_cluster.clone(),
+                remote_cluster: r.cluster.clone(),
+            })
+            .set(i64::from(r.offered));
+    }
 }
 
 /// A running metrics endpoint; dropping it (or [`MetricsHandle::shutdown`]) stops it.

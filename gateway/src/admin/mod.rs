@@ -12,9 +12,9 @@ pub mod uapi;
 
 #[cfg(test)]
 mod testing;
-mod unix_socket;
+pub(crate) mod unix_socket;
 
-use proto::{InterfaceStatus, PeerInfo, ReloadReport};
+use proto::{ControlStatus, InterfaceStatus, PeerInfo, ReloadReport, ServiceInfo};
 
 /// What the operator interfaces may read from the running daemon.
 pub trait AdminSource: Send + Sync + 'static {
@@ -23,6 +23,14 @@ pub trait AdminSource: Send + Sync + 'static {
     /// Lowercase hex, as the UAPI `get` prints `private_key=`.
     fn private_key_hex(&self) -> String;
     /// Re-reads the configuration (`tunctl reload`).
+    /// The merged service catalog; `None` when the control plane is off.
+    fn services(&self) -> Option<Vec<ServiceInfo>> {
+        None
+    }
+    /// The control plane's sessions, refusals and DNS counters; `None` when it is off.
+    fn control(&self) -> Option<ControlStatus> {
+        None
+    }
     fn reload(&self) -> futures::future::BoxFuture<'static, Result<ReloadReport, String>> {
         Box::pin(async { Err("this daemon cannot reload".to_string()) })
     }

@@ -14,6 +14,8 @@ pub enum Request {
     Status,
     /// Re-read the configuration file, as SIGHUP does, and report what changed.
     Reload,
+    /// The merged service catalog (`tunctl services`).
+    Services,
 }
 
 /// What a reload applied.
@@ -41,6 +43,99 @@ pub struct Response {
     pub status: Option<InterfaceStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reload: Option<ReloadReport>,
+    /// With `services`: the merged catalog; absent when the control plane is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services: Option<Vec<ServiceInfo>>,
+    /// With `peers` and `status`: the control plane's view (sessions, refusals, DNS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<ControlStatus>,
+}
+
+/// One service of the merged catalog, as `tunctl services`, the watch socket and the etcd
+/// store show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceInfo {
+    pub namespace: String,
+    pub name: String,
+    /// Clusterset VIPs; empty for headless services.
+    pub vips: Vec<String>,
+    pub headless: bool,
+    /// `local_first`, `round_robin` or `weighted`.
+    pub policy: String,
+    pub ports: Vec<PortInfo>,
+    /// Exporting clusters whose endpoints are offered now.
+    pub clusters: Vec<String>,
+    /// Exporting clusters that are down or held down.
+    pub unavailable: Vec<String>,
+    pub endpoints_healthy: usize,
+    pub endpoints_total: usize,
+    pub per_cluster: Vec<ClusterEndpoints>,
+    /// What the route agents program, under the service's policy, from this gateway's cluster.
+    pub backends: Vec<BackendInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortInfo {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub port: u16,
+    pub protocol: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterEndpoints {
+    pub cluster: String,
+    pub offered: bool,
+    pub ready: usize,
+    pub total: usize,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendInfo {
+    pub cluster: String,
+    pub address: String,
+    pub port: u16,
+    pub weight: u32,
+}
+
+/// The control plane at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlStatus {
+    pub cluster: String,
+    /// This cluster's export watermark, `generation.version`.
+    pub watermark: String,
+    pub services: usize,
+    /// Sync sessions open, and how many of them are in step.
+    pub sessions: usize,
+    pub synced_sessions: usize,
+    /// Sessions closed or connections refused, by reason (wrong_origin, own_cluster, gap,
+    /// invalid, decode, unknown_source).
+    pub refusals: BTreeMap<String, u64>,
+    /// Membership records received (handed to membership).
+    pub members_received: u64,
+    /// DNS answers by response code; empty with DNS off.
+    pub dns_queries: BTreeMap<String, u64>,
+    pub remote_clusters: Vec<RemoteCluster>,
+    /// Per peer (by SPIFFE ID): mesh address and sync state, for `tunctl peers`.
+    pub peers: Vec<PeerSync>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteCluster {
+    pub cluster: String,
+    /// `up`, `hold_down` or `down`.
+    pub liveness: String,
+    pub offered: bool,
+    pub watermark: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerSync {
+    pub spiffe_id: String,
+    pub mesh_addr: String,
+    /// `synced`, `syncing`, `connecting`, or `retrying: <last error>`.
+    pub sync: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

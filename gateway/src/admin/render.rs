@@ -3,7 +3,9 @@
 //! Pure functions of a snapshot and `now`, so tests pin the exact text. Peers keep the order the
 //! daemon reported them in.
 
-use super::proto::{InterfaceStatus, PeerInfo, PeerState, ReloadReport};
+use super::proto::{
+    ControlStatus, InterfaceStatus, PeerInfo, PeerState, ReloadReport, ServiceInfo,
+};
 use anyhow::Context as _;
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -145,9 +147,39 @@ fn or_none(text: String) -> String {
 
 /// `tunctl peers`.
 pub fn peers(peers: &[PeerInfo], format: OutputFormat, now_unix_ms: u64) -> anyhow::Result<String> {
-    if let Some(text) = dump(peers, format)? {
-        return Ok(text);
+    peers_with_control(peers, None, format, now_unix_ms)
+}
+
+/// `tunctl peers` with the control plane's view: each peer's mesh address and sync state
+/// (`mesh_addr`, `sync` in JSON/YAML; columns SYNC, and MESH ADDR in wide).
+pub fn peers_with_control(
+    peers: &[PeerInfo],
+    control: Option<&ControlStatus>,
+    format: OutputFormat,
+    now_unix_ms: u64,
+) -> anyhow::Result<String> {
+    let sync_of = |peer: &PeerInfo| {
+        control.and_then(|c| {
+            c.peers
+                .iter()
+                .find(|s| peer.verified && peer.spiffe_id.as_deref() == Some(s.spiffe_id.as_str()))
+        })
+    };
+    if matches!(format, OutputFormat::Json | OutputFormat::Yaml) {
+        let rows: Vec<serde_json::Value> = peers
+            .iter()
+            .map(|p| {
+                let mut v = serde_json::to_value(p).unwrap_or_default();
+                if let (Some(obj), Some(s)) = (v.as_object_mut(), sync_of(p)) {
+                    obj.insert("mesh_addr".into(), s.mesh_addr.clone().into());
+                    obj.insert("sync".into(), s.sync.clone().into());
+                }
+                v
+            })
+            .collect();
+        return Ok(dump(&rows, format)?.unwrap_or_default());
     }
+    let with_sync = control.is_some();
     if peers.is_empty() {
         return Ok("no peers configured\n".into());
     }
@@ -181,6 +213,13 @@ pub fn peers(peers: &[PeerInfo], format: OutputFormat, now_unix_ms: u64) -> anyh
             "ALLOWED IPS",
         ]
     };
+    let mut headers: Vec<&str> = headers.to_vec();
+    if with_sync {
+        if wide {
+            headers.push("MESH ADDR");
+        }
+        headers.push("SYNC");
+    }
     let rows: Vec<Vec<String>> = peers
         .iter()
         .map(|peer| {
@@ -189,7 +228,15 @@ pub fn peers(peers: &[PeerInfo], format: OutputFormat, now_unix_ms: u64) -> anyh
             let allowed = or_none(peer.allowed_ips.join(","));
             let (rx, tx) = (human_bytes(peer.rx_bytes), human_bytes(peer.tx_bytes));
             let (identity, expires) = identity_cells(peer, now_unix_ms);
-            if wide {
+            let mut extra = Vec::new();
+            if with_sync {
+                let s = sync_of(peer);
+                if wide {
+                    extra.push(s.map_or("-".to_string(), |s| s.mesh_addr.clone()));
+                }
+                extra.push(s.map_or("-".to_string(), |s| s.sync.clone()));
+            }
+            let mut row = if wide {
                 let keepalive = match peer.persistent_keepalive {
                     Some(secs) if secs > 0 => format!("{secs}s"),
                     _ => "off".into(),
@@ -222,10 +269,12 @@ pub fn peers(peers: &[PeerInfo], format: OutputFormat, now_unix_ms: u64) -> anyh
                     expires,
                     allowed,
                 ]
-            }
+            };
+            row.extend(extra);
+            row
         })
         .collect();
-    Ok(table(headers, &rows))
+    Ok(table(&headers, &rows))
 }
 
 fn counts(map: &std::collections::BTreeMap<String, u64>) -> String {
@@ -272,6 +321,120 @@ pub fn status(status: &InterfaceStatus, format: OutputFormat) -> anyhow::Result<
         let _ = writeln!(out, "{:<width$} {value}", format!("{key}:"), width = width);
     }
     Ok(out)
+}
+
+/// `tunctl status` with the control plane's lines (or its JSON under `control`).
+pub fn status_with_control(
+    st: &InterfaceStatus,
+    control: Option<&ControlStatus>,
+    format: OutputFormat,
+) -> anyhow::Result<String> {
+    let Some(c) = control else {
+        return status(st, format);
+    };
+    if matches!(format, OutputFormat::Json | OutputFormat::Yaml) {
+        let mut v = serde_json::to_value(st).context("failed to encode JSON")?;
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert(
+                "control".into(),
+                serde_json::to_value(c).context("failed to encode JSON")?,
+            );
+        }
+        return Ok(dump(&v, format)?.unwrap_or_default());
+    }
+    let mut out = status(st, format)?;
+    let remotes: Vec<String> = c
+        .remote_clusters
+        .iter()
+        .map(|r| format!("{} {}", r.cluster, r.liveness))
+        .collect();
+    let _ = writeln!(
+        out,
+        "cluster:        {} (exports {})",
+        c.cluster, c.watermark
+    );
+    let _ = writeln!(out, "services:       {}", c.services);
+    let _ = writeln!(
+        out,
+        "sync sessions:  {}/{} synced",
+        c.synced_sessions, c.sessions
+    );
+    let _ = writeln!(out, "clusters:       {}", or_none(remotes.join(", ")));
+    let _ = writeln!(out, "refused:        {}", counts(&c.refusals));
+    if format == OutputFormat::Wide {
+        let _ = writeln!(out, "dns queries:    {}", counts(&c.dns_queries));
+        let _ = writeln!(out, "member records: {}", c.members_received);
+    }
+    Ok(out)
+}
+
+/// `tunctl services`: SERVICE, NAMESPACE, CLUSTERS, ENDPOINTS (healthy/total), VIP, POLICY;
+/// wide adds PORTS, HEADLESS and per-cluster health.
+pub fn services(services: &[ServiceInfo], format: OutputFormat) -> anyhow::Result<String> {
+    if let Some(text) = dump(services, format)? {
+        return Ok(text);
+    }
+    if services.is_empty() {
+        return Ok("no services\n".into());
+    }
+    let wide = format == OutputFormat::Wide;
+    let mut headers = vec![
+        "SERVICE",
+        "NAMESPACE",
+        "CLUSTERS",
+        "ENDPOINTS",
+        "VIP",
+        "POLICY",
+    ];
+    if wide {
+        headers.extend(["PORTS", "HEADLESS", "HEALTH"]);
+    }
+    let rows: Vec<Vec<String>> = services
+        .iter()
+        .map(|s| {
+            let vip = if s.headless {
+                "None (headless)".to_string()
+            } else {
+                or_none(s.vips.join(","))
+            };
+            let mut row = vec![
+                s.name.clone(),
+                s.namespace.clone(),
+                or_none(s.clusters.join(",")),
+                format!("{}/{}", s.endpoints_healthy, s.endpoints_total),
+                vip,
+                s.policy.clone(),
+            ];
+            if wide {
+                let ports: Vec<String> = s
+                    .ports
+                    .iter()
+                    .map(|p| match &p.name {
+                        Some(n) => format!("{n}:{}/{}", p.port, p.protocol),
+                        None => format!("{}/{}", p.port, p.protocol),
+                    })
+                    .collect();
+                let health: Vec<String> = s
+                    .per_cluster
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{}:{} {}/{}",
+                            c.cluster,
+                            if c.offered { "up" } else { "down" },
+                            c.ready,
+                            c.total
+                        )
+                    })
+                    .collect();
+                row.push(or_none(ports.join(",")));
+                row.push(s.headless.to_string());
+                row.push(or_none(health.join(",")));
+            }
+            row
+        })
+        .collect();
+    Ok(table(&headers, &rows))
 }
 
 /// `tunctl reload`: one line of what changed.

@@ -114,8 +114,22 @@ pub fn respond(line: &[u8], source: &dyn AdminSource) -> Response {
     tracing::debug!(?request, "admin request");
     let mut response = empty_response();
     match request {
-        Request::Peers => response.peers = Some(source.peers()),
-        Request::Status => response.status = Some(source.status()),
+        Request::Peers => {
+            response.peers = Some(source.peers());
+            response.control = source.control();
+        }
+        Request::Status => {
+            response.status = Some(source.status());
+            response.control = source.control();
+        }
+        Request::Services => match source.services() {
+            Some(services) => response.services = Some(services),
+            None => {
+                return error_response(
+                    "the control plane is off (no [control] section in the configuration)".into(),
+                )
+            }
+        },
         // Asynchronous: answered by `handle` before it gets here.
         Request::Reload => return error_response("reload needs the daemon's main loop".into()),
     }
@@ -136,6 +150,8 @@ fn empty_response() -> Response {
         peers: None,
         status: None,
         reload: None,
+        services: None,
+        control: None,
     }
 }
 

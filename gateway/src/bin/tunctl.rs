@@ -51,6 +51,8 @@ enum Command {
     Peers,
     /// Show the interface: key, port, addresses, MTU, peers, uptime, offloads, drops
     Status,
+    /// List the merged service catalog: clusters, healthy/total endpoints, VIP, policy
+    Services,
     /// Re-read the daemon's configuration file, like SIGHUP, and say what changed. A new
     /// private key and SVID in it rotate the interface key: peers by identity learn the new
     /// binding through the tunnel, then the data plane switches
@@ -89,7 +91,7 @@ fn run(cli: Cli, socket_from_env: bool) -> anyhow::Result<()> {
         Command::Pki(command) => {
             return print(&pki_cli::run(command, cli.output, SystemTime::now())?)
         }
-        Command::Peers | Command::Status | Command::Reload => {}
+        Command::Peers | Command::Status | Command::Services | Command::Reload => {}
     }
     let socket = socket_path(&cli, socket_from_env)?;
     let timeout = Duration::try_from_secs_f64(cli.timeout)
@@ -105,14 +107,21 @@ fn run(cli: Cli, socket_from_env: bool) -> anyhow::Result<()> {
             let peers = response
                 .peers
                 .context("the daemon's answer has no peer list")?;
-            render::peers(&peers, cli.output, now_ms)?
+            render::peers_with_control(&peers, response.control.as_ref(), cli.output, now_ms)?
         }
         Command::Status => {
             let response = client::request(&socket, &Request::Status, timeout)?;
             let status = response
                 .status
                 .context("the daemon's answer has no status")?;
-            render::status(&status, cli.output)?
+            render::status_with_control(&status, response.control.as_ref(), cli.output)?
+        }
+        Command::Services => {
+            let response = client::request(&socket, &Request::Services, timeout)?;
+            let services = response
+                .services
+                .context("the daemon's answer has no service list")?;
+            render::services(&services, cli.output)?
         }
         Command::Reload => {
             let response = client::request(&socket, &Request::Reload, timeout)?;

@@ -1,0 +1,471 @@
+//! The control plane: catalog sync with every peer through the tunnel, health and failover,
+//! the clusterset DNS server, the catalog store (state directory, watch socket, etcd) and the
+//! export sources. Logic lives in `isthmus-catalog` and in [`session`]; this module is the
+//! tokio shell around them.
+//!
+//! One [`MergedCatalog`] behind a mutex is the single source of truth: sessions apply what
+//! peers send, export sources replace the local exports, a timer runs health, and DNS, the
+//! admin socket, the watch socket and the store read it. Every change bumps a revision that
+//! the store and the watchers follow.
+
+pub mod exports;
+pub mod peers;
+pub mod session;
+mod store;
+mod sync;
+pub mod view;
+
+use crate::admin::proto::{ControlStatus, PeerSync, RemoteCluster, ServiceInfo};
+use crate::config::{ControlConfig, ExportSource};
+use anyhow::Context as _;
+use isthmus_catalog::{
+    Liveness, LocalCatalog, MergedCatalog, OpaqueMember, OriginState, SyncMessage, VipAllocator,
+};
+use parking_lot::{Mutex, RwLock};
+use peers::{LearnedPeers, MeshPeer, PeerDirectory};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+
+/// Receives the membership records peers send (the members work consumes them).
+pub type MembersHook = Arc<dyn Fn(&MeshPeer, Vec<OpaqueMember>) + Send + Sync>;
+
+/// How long shutdown waits for sessions to say Bye.
+const BYE_GRACE: Duration = Duration::from_secs(1);
+
+struct SessionEntry {
+    peer: MeshPeer,
+    outbound: bool,
+    synced: bool,
+    abort: Option<tokio::task::AbortHandle>,
+}
+
+#[derive(Debug, Clone)]
+struct DialState {
+    next: Instant,
+    backoff: Duration,
+    connecting: bool,
+    last_error: Option<String>,
+}
+
+/// State shared by the control plane's tasks and read by the admin interfaces.
+pub struct Shared {
+    pub(crate) catalog: Arc<Mutex<MergedCatalog>>,
+    config: ControlConfig,
+    mesh_addr: IpAddr,
+    revision: watch::Sender<u64>,
+    deltas: broadcast::Sender<SyncMessage>,
+    sessions: Mutex<BTreeMap<u64, SessionEntry>>,
+    dials: Mutex<BTreeMap<IpAddr, DialState>>,
+    next_session: AtomicU64,
+    /// Refusals the catalog does not count itself: undecodable bytes, unknown sources.
+    refusals: Mutex<BTreeMap<&'static str, u64>>,
+    members_received: AtomicU64,
+    members_hook: RwLock<Option<MembersHook>>,
+    dns_stats: OnceLock<Arc<isthmus_dns::QueryStats>>,
+    directory: Box<dyn PeerDirectory>,
+    /// Peers with a mesh address learned outside the join (member records).
+    pub learned: Arc<LearnedPeers>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Shared {
+    /// Something in the catalog changed: the store and the watchers re-read it.
+    fn changed(&self) {
+        self.revision.send_modify(|r| *r += 1);
+    }
+
+    fn count_refusal(&self, label: &'static str) {
+        *self.refusals.lock().entry(label).or_default() += 1;
+    }
+
+    /// Sets the hook that receives membership records from peers.
+    pub fn set_members_hook(&self, hook: MembersHook) {
+        *self.members_hook.write() = Some(hook);
+    }
+
+    fn members(&self, peer: &MeshPeer, members: Vec<OpaqueMember>) {
+        self.members_received
+            .fetch_add(members.len() as u64, Ordering::Relaxed);
+        tracing::debug!(peer = %peer.spiffe_id, records = members.len(), "membership records received");
+        let hook = self.members_hook.read().clone();
+        if let Some(hook) = hook {
+            hook(peer, members);
+        }
+    }
+
+    /// Replaces the local exports and sends the delta to every session.
+    fn set_exports(&self, exports: Vec<isthmus_catalog::ServiceExport>) -> Result<(), String> {
+        let delta = self
+            .catalog
+            .lock()
+            .set_exports(exports)
+            .map_err(|e| e.to_string())?;
+        if let Some(delta) = delta {
+            tracing::info!(watermark = %self.catalog.lock().local().watermark(), "local exports changed");
+            // No receiver (no session) is fine: sessions start with a snapshot.
+            let _ = self.deltas.send(delta);
+            self.changed();
+        }
+        Ok(())
+    }
+
+    pub fn services(&self) -> Vec<ServiceInfo> {
+        view::services(&self.catalog.lock(), Instant::now())
+    }
+
+    pub fn status(&self) -> ControlStatus {
+        let now = Instant::now();
+        let mut refusals: BTreeMap<String, u64> = BTreeMap::new();
+        let (cluster, watermark, services, remote_clusters) = {
+            let c = self.catalog.lock();
+            for (label, n) in c.refusals() {
+                refusals.insert(label.to_string(), n);
+            }
+            let remotes = c
+                .remotes()
+                .map(|s| (s.cluster.clone(), s.watermark()))
+                .collect::<Vec<_>>();
+            let remote_clusters = remotes
+                .into_iter()
+                .map(|(cluster, mark)| {
+                    let h = c.health(&cluster, now);
+                    RemoteCluster {
+                        cluster: cluster.to_string(),
+                        liveness: match h.map(|h| h.liveness) {
+                            Some(Liveness::Up) => "up",
+                            Some(Liveness::HoldDown { .. }) => "hold_down",
+                            Some(Liveness::Down { .. }) | None => "down",
+                        }
+                        .to_string(),
+                        offered: h.is_some_and(|h| h.offered),
+                        watermark: Some(mark.to_string()),
+                    }
+                })
+                .collect();
+            (
+                c.local_cluster().to_string(),
+                c.local().watermark().to_string(),
+                c.view(now).len(),
+                remote_clusters,
+            )
+        };
+        for (label, n) in self.refusals.lock().iter() {
+            refusals.insert((*label).to_string(), *n);
+        }
+        let (sessions, synced) = {
+            let s = self.sessions.lock();
+            (s.len(), s.values().filter(|e| e.synced).count())
+        };
+        let dns_queries = self
+            .dns_stats
+            .get()
+            .map(|s| {
+                s.snapshot()
+                    .by_rcode()
+                    .iter()
+                    .map(|(k, v)| ((*k).to_string(), *v))
+                    .collect()
+            })
+            .unwrap_or_default();
+        ControlStatus {
+            cluster,
+            watermark,
+            services,
+            sessions,
+            synced_sessions: synced,
+            refusals,
+            members_received: self.members_received.load(Ordering::Relaxed),
+            dns_queries,
+            remote_clusters,
+            peers: self.peer_sync(),
+        }
+    }
+
+    fn peer_sync(&self) -> Vec<PeerSync> {
+        let sessions = self.sessions.lock();
+        let dials = self.dials.lock();
+        self.directory
+            .peers()
+            .into_iter()
+            .map(|p| {
+                let mine: Vec<&SessionEntry> = sessions
+                    .values()
+                    .filter(|e| e.peer.addr == p.addr)
+                    .collect();
+                let sync = if mine.iter().any(|e| e.synced) {
+                    "synced".to_string()
+                } else if !mine.is_empty() {
+                    "syncing".to_string()
+                } else if let Some(d) = dials.get(&p.addr) {
+                    match (&d.last_error, d.connecting) {
+                        (_, true) => "connecting".to_string(),
+                        (Some(e), false) => format!("retrying: {e}"),
+                        (None, false) => "connecting".to_string(),
+                    }
+                } else if p.addr < self.mesh_addr {
+                    "waiting for the peer to connect".to_string()
+                } else {
+                    "connecting".to_string()
+                };
+                PeerSync {
+                    spiffe_id: p.spiffe_id,
+                    mesh_addr: p.addr.to_string(),
+                    sync,
+                }
+            })
+            .collect()
+    }
+}
+
+/// The running control plane; [`Control::stop`] closes every socket it opened.
+pub struct Control {
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+    /// Tasks that finish by themselves on shutdown (they say goodbye first).
+    graceful: Vec<JoinHandle<()>>,
+    dns: Option<isthmus_dns::DnsServer>,
+    watch: Option<crate::admin::unix_socket::ServedSocket>,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Control {
+    /// Restores the state directory, reads the first export set, binds DNS and the sync
+    /// listener on the mesh address, and starts every task.
+    pub async fn start(
+        config: ControlConfig,
+        mesh_addr: Option<IpAddr>,
+        directory: Box<dyn PeerDirectory>,
+        learned: Arc<LearnedPeers>,
+    ) -> anyhow::Result<Control> {
+        let mesh_addr =
+            mesh_addr.context("the control plane needs a mesh address ([interface] address)")?;
+        let files = store::StateFiles::new(&config.state_dir)?;
+        let persisted = files.load();
+        // A fresh generation every start: versions start over, and peers replace what they
+        // hold of us with our first snapshot (a persisted version may be behind what they saw).
+        let generation = unix_ms().max(
+            persisted
+                .local
+                .as_ref()
+                .map_or(0, |l| l.generation.saturating_add(1)),
+        );
+        let vips = VipAllocator::load(&files.vips(), config.vip_v4, config.vip_v6)
+            .with_context(|| format!("failed to load {}", files.vips().display()))?;
+        let mut catalog = MergedCatalog::new(
+            LocalCatalog::new(config.cluster.clone(), generation),
+            config.health,
+            vips,
+        )
+        .context("invalid control configuration")?;
+        let now = Instant::now();
+        for remote in persisted.remotes {
+            let cluster = remote.cluster.clone();
+            if let Err(e) = catalog.restore(remote, now) {
+                tracing::warn!(%cluster, error = %e, "persisted records of a cluster not restored");
+            }
+        }
+        let (first, etcd_watch) = store::first_exports(&config.exports, persisted.local).await?;
+        catalog
+            .set_exports(first)
+            .map_err(|e| anyhow::anyhow!("invalid exports: {e}"))?;
+        let catalog = Arc::new(Mutex::new(catalog));
+        let (revision, _) = watch::channel(0u64);
+        let (deltas, _) = broadcast::channel(256);
+        let (shutdown, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            catalog: catalog.clone(),
+            config: config.clone(),
+            mesh_addr,
+            revision,
+            deltas,
+            sessions: Mutex::new(BTreeMap::new()),
+            dials: Mutex::new(BTreeMap::new()),
+            next_session: AtomicU64::new(1),
+            refusals: Mutex::new(BTreeMap::new()),
+            members_received: AtomicU64::new(0),
+            members_hook: RwLock::new(None),
+            dns_stats: OnceLock::new(),
+            directory,
+            learned,
+            shutdown,
+        });
+        files.save(&shared)?;
+
+        let dns = match &config.dns {
+            Some(d) => {
+                let mut dns_config = isthmus_dns::DnsConfig::new(d.listen);
+                dns_config.zone = d.zone.parse().context("invalid dns.zone")?;
+                dns_config.ttl_secs = d.ttl;
+                let resolver = Arc::new(view::CatalogResolver {
+                    catalog: catalog.clone(),
+                });
+                let server = isthmus_dns::DnsServer::bind(dns_config, resolver)
+                    .await
+                    .with_context(|| format!("failed to serve DNS on {}", d.listen))?;
+                let _ = shared.dns_stats.set(server.stats());
+                Some(server)
+            }
+            None => None,
+        };
+        let listener = sync::bind(mesh_addr, config.port).await.with_context(|| {
+            format!(
+                "failed to listen for catalog sync on {mesh_addr} port {}",
+                config.port
+            )
+        })?;
+        let watch = store::serve_watch(&config.watch_socket, shared.clone())
+            .await
+            .with_context(|| {
+                format!(
+                    "failed to serve the watch socket {}",
+                    config.watch_socket.display()
+                )
+            })?;
+
+        let mut tasks = vec![
+            tokio::spawn(sync::accept_loop(shared.clone(), listener)),
+            tokio::spawn(sync::dial_loop(shared.clone())),
+            tokio::spawn(health_loop(shared.clone())),
+            tokio::spawn(store::persist_loop(shared.clone(), files)),
+        ];
+        match (&config.exports, etcd_watch) {
+            (ExportSource::Static(path), _) => tasks.push(tokio::spawn(store::static_loop(
+                shared.clone(),
+                path.clone(),
+            ))),
+            (ExportSource::Etcd(_), Some(w)) => {
+                tasks.push(tokio::spawn(store::etcd_exports_loop(shared.clone(), w)))
+            }
+            _ => {}
+        }
+        let mut graceful = Vec::new();
+        if let Some(target) = &config.store {
+            graceful.push(tokio::spawn(store::publish_loop(
+                shared.clone(),
+                target.clone(),
+            )));
+        }
+        tracing::info!(
+            cluster = %config.cluster, %mesh_addr, port = config.port,
+            dns = ?config.dns.as_ref().map(|d| d.listen), state_dir = %config.state_dir.display(),
+            "control plane running"
+        );
+        Ok(Control {
+            shared,
+            tasks,
+            graceful,
+            dns,
+            watch: Some(watch),
+        })
+    }
+
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Says Bye to every peer, closes the sync listener and sessions, DNS and the watch
+    /// socket, releases the etcd prefix and writes the state a last time.
+    pub async fn stop(mut self) {
+        let _ = self.shared.shutdown.send(true);
+        let deadline = Instant::now() + BYE_GRACE;
+        while !self.shared.sessions.lock().is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left: Vec<tokio::task::AbortHandle> = self
+            .shared
+            .sessions
+            .lock()
+            .values()
+            .filter_map(|e| e.abort.clone())
+            .collect();
+        for a in left {
+            a.abort();
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+        for t in self.graceful.drain(..) {
+            if tokio::time::timeout(Duration::from_secs(3), t)
+                .await
+                .is_err()
+            {
+                tracing::warn!("etcd store did not release its prefix in time");
+            }
+        }
+        if let Some(dns) = self.dns.take() {
+            if let Err(e) = dns.shutdown().await {
+                tracing::warn!(error = %e, "DNS server shutdown");
+            }
+        }
+        if let Some(w) = self.watch.take() {
+            w.shutdown().await;
+        }
+        // Sessions aborted above drop their sockets when their tasks end.
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while !self.shared.sessions.lock().is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        match store::StateFiles::new(&self.shared.config.state_dir) {
+            Ok(files) => {
+                if let Err(e) = files.save(&self.shared) {
+                    tracing::warn!(error = format!("{e:#}"), "final catalog save failed");
+                }
+            }
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "final catalog save failed"),
+        }
+        tracing::info!("control plane stopped");
+    }
+}
+
+/// Runs the catalog's health timers: sleeps until `poll_timeout`, handles what is due, logs
+/// the events and tells the store and watchers. DNS needs no push: it reads the catalog per
+/// query with the current time.
+async fn health_loop(shared: Arc<Shared>) {
+    const MAX_SLEEP: Duration = Duration::from_millis(250);
+    loop {
+        let wake = shared.catalog.lock().poll_timeout();
+        let now = Instant::now();
+        let until = wake.map_or(now + MAX_SLEEP, |w| w.min(now + MAX_SLEEP));
+        tokio::time::sleep_until(until.into()).await;
+        let events = shared.catalog.lock().handle_timeout(Instant::now());
+        for e in &events {
+            match e {
+                isthmus_catalog::Event::ClusterUp(c) => {
+                    tracing::info!(cluster = %c, "cluster up: its endpoints are offered")
+                }
+                isthmus_catalog::Event::ClusterDown(c) => {
+                    tracing::warn!(cluster = %c, "cluster down: its endpoints are withdrawn")
+                }
+                isthmus_catalog::Event::Expired { cluster, services } => {
+                    tracing::warn!(%cluster, services = services.len(), "cluster gone past record_ttl: its records are dropped")
+                }
+                isthmus_catalog::Event::VipUnavailable(s) => {
+                    tracing::warn!(service = %s, "VIP range full: service has no clusterset VIP")
+                }
+            }
+        }
+        if !events.is_empty() {
+            shared.changed();
+        }
+    }
+}
+
+/// Persisted remote origins and the local one, as written in the state directory.
+#[derive(Default)]
+struct Persisted {
+    local: Option<OriginState>,
+    remotes: Vec<OriginState>,
+}

@@ -1,0 +1,335 @@
+//! One sync session with one peer, without I/O: bytes and the time in, messages to send and
+//! what changed out. The tokio shell (`super::sync`) owns the socket and the catalog lock.
+//!
+//! The peer's cluster is fixed when the session is made, from the SPIFFE ID that owns the
+//! session's source mesh address (the tunnel authenticated it); every message is applied as
+//! coming from that cluster, so a peer can only ever publish its own records.
+
+use isthmus_catalog::ClusterName;
+use isthmus_catalog::{
+    Applied, DecodeError, FrameDecoder, HealthConfig, MergedCatalog, OpaqueMember, Refused,
+    SyncMessage, Unchanged,
+};
+use std::time::{Duration, Instant};
+
+/// What the shell does after input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    Send(SyncMessage),
+    /// The catalog changed (records or health): refresh the store and watchers.
+    Changed,
+    Members(Vec<OpaqueMember>),
+}
+
+/// Why a session ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Close {
+    /// Bytes that are not a valid sync message: the stream cannot be trusted any more.
+    Decode(DecodeError),
+    /// A message the catalog refused (other than a gap, which is repaired by a snapshot).
+    Refused(Refused),
+    /// Nothing heard for the idle timeout.
+    Idle,
+    /// The peer said Bye.
+    Bye,
+}
+
+impl Close {
+    /// Metric label of a close that counts as a refusal, `None` for ordinary ends.
+    pub fn refusal_label(&self) -> Option<&'static str> {
+        match self {
+            Close::Decode(_) => Some("decode"),
+            Close::Refused(r) => Some(r.label()),
+            Close::Idle | Close::Bye => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Close {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Close::Decode(e) => write!(f, "undecodable sync bytes: {e}"),
+            Close::Refused(r) => write!(f, "refused: {r}"),
+            Close::Idle => f.write_str("peer silent"),
+            Close::Bye => f.write_str("peer said bye"),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct SessionCore {
+    peer: ClusterName,
+    decoder: FrameDecoder,
+    last_sent: Instant,
+    last_heard: Instant,
+    heartbeat_every: Duration,
+    idle_after: Duration,
+    synced: bool,
+}
+
+impl SessionCore {
+    /// A session with `peer` (its cluster, from its verified identity) opening at `now`.
+    pub fn new(peer: ClusterName, health: &HealthConfig, now: Instant) -> Self {
+        let heartbeat_every = (health.down_after / 3).max(Duration::from_millis(50));
+        Self {
+            peer,
+            decoder: FrameDecoder::new(),
+            last_sent: now,
+            last_heard: now,
+            heartbeat_every,
+            // Heartbeats come every down_after/3; a peer silent for twice down_after is gone
+            // (its health went Down long before), and the session is re-dialled.
+            idle_after: (health.down_after * 2).max(Duration::from_secs(2)),
+            synced: false,
+        }
+    }
+
+    pub fn peer(&self) -> &ClusterName {
+        &self.peer
+    }
+
+    /// Whether the peer's records are current here (a snapshot or a matching heartbeat came).
+    pub fn synced(&self) -> bool {
+        self.synced
+    }
+
+    /// The first message of the session.
+    pub fn open(&mut self, catalog: &MergedCatalog) -> SyncMessage {
+        catalog.hello(&self.peer)
+    }
+
+    /// Something was written to the peer at `now`.
+    pub fn on_sent(&mut self, now: Instant) {
+        self.last_sent = now;
+    }
+
+    /// Feeds received bytes; appends what to do to `out`. An error means: close the session
+    /// (after acting on `out`). The catalog is never left half-updated: a refused message
+    /// changes nothing.
+    pub fn on_bytes(
+        &mut self,
+        bytes: &[u8],
+        catalog: &mut MergedCatalog,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) -> Result<(), Close> {
+        self.last_heard = now;
+        self.decoder.push(bytes).map_err(Close::Decode)?;
+        while let Some(msg) = self.decoder.pop().map_err(Close::Decode)? {
+            match catalog.apply(&self.peer, msg, now) {
+                Ok(Applied::Reply(reply)) => out.push(Output::Send(*reply)),
+                Ok(Applied::Updated { .. }) => {
+                    self.synced = true;
+                    out.push(Output::Changed);
+                }
+                Ok(Applied::Unchanged(Unchanged::Current | Unchanged::Duplicate)) => {
+                    self.synced = true
+                }
+                Ok(Applied::Unchanged(Unchanged::Stale)) => {}
+                Ok(Applied::Members(members)) => out.push(Output::Members(members)),
+                Ok(Applied::Left) => {
+                    out.push(Output::Changed);
+                    return Err(Close::Bye);
+                }
+                Err(Refused::Gap) => {
+                    self.synced = false;
+                    out.push(Output::Send(SyncMessage::SnapshotRequest));
+                }
+                Err(refused) => return Err(Close::Refused(refused)),
+            }
+        }
+        Ok(())
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) has something to do.
+    pub fn poll_timeout(&self) -> Instant {
+        (self.last_sent + self.heartbeat_every).min(self.last_heard + self.idle_after)
+    }
+
+    /// A heartbeat to send if nothing was sent for a while; [`Close::Idle`] if the peer is
+    /// silent.
+    pub fn handle_timeout(
+        &mut self,
+        catalog: &MergedCatalog,
+        now: Instant,
+    ) -> Result<Option<SyncMessage>, Close> {
+        if now >= self.last_heard + self.idle_after {
+            return Err(Close::Idle);
+        }
+        if now >= self.last_sent + self.heartbeat_every {
+            return Ok(Some(catalog.heartbeat()));
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use isthmus_catalog::{
+        encode, Endpoint, LocalCatalog, OriginState, ServiceExport, ServiceName, VipAllocator,
+    };
+
+    fn catalog(cluster: &str) -> MergedCatalog {
+        MergedCatalog::new(
+            LocalCatalog::new(ClusterName::new(cluster).unwrap(), 1),
+            HealthConfig::default(),
+            VipAllocator::new("241.0.0.0/16".parse().unwrap(), None),
+        )
+        .unwrap()
+    }
+
+    fn export(name: &str, addr: &str) -> ServiceExport {
+        let mut e = ServiceExport::new(ServiceName::new("demo", name).unwrap());
+        e.endpoints.push(Endpoint {
+            address: addr.parse().unwrap(),
+            port: 80,
+            ready: true,
+            zone: None,
+        });
+        e
+    }
+
+    /// Runs both ends against each other in memory until nothing is left to send.
+    fn pump(
+        a: (&mut SessionCore, &mut MergedCatalog),
+        b: (&mut SessionCore, &mut MergedCatalog),
+        first: Vec<(bool, SyncMessage)>,
+        now: Instant,
+    ) -> Result<(), (bool, Close)> {
+        let (sa, ca) = a;
+        let (sb, cb) = b;
+        let mut queue = first;
+        while let Some((to_b, msg)) = queue.pop() {
+            let bytes = encode(&msg).unwrap();
+            let mut out = Vec::new();
+            let result = if to_b {
+                sb.on_bytes(&bytes, cb, now, &mut out)
+            } else {
+                sa.on_bytes(&bytes, ca, now, &mut out)
+            };
+            for o in out {
+                if let Output::Send(m) = o {
+                    queue.insert(0, (!to_b, m));
+                }
+            }
+            result.map_err(|c| (to_b, c))?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn hello_snapshot_then_delta_sync_both_ways() {
+        let now = Instant::now();
+        let (mut c1, mut c2) = (catalog("c1"), catalog("c2"));
+        c1.set_exports(vec![export("a", "10.1.1.2")]).unwrap();
+        c2.set_exports(vec![export("b", "10.2.1.2")]).unwrap();
+        let health = HealthConfig::default();
+        let mut s1 = SessionCore::new(ClusterName::new("c2").unwrap(), &health, now);
+        let mut s2 = SessionCore::new(ClusterName::new("c1").unwrap(), &health, now);
+        let h1 = s1.open(&c1);
+        let h2 = s2.open(&c2);
+        pump(
+            (&mut s1, &mut c1),
+            (&mut s2, &mut c2),
+            vec![(true, h1), (false, h2)],
+            now,
+        )
+        .unwrap();
+        assert!(s1.synced() && s2.synced());
+        assert_eq!(c1.view(now).len(), 2);
+        assert_eq!(c2.view(now).len(), 2);
+
+        let delta = c2
+            .set_exports(vec![export("b", "10.2.1.3")])
+            .unwrap()
+            .unwrap();
+        pump(
+            (&mut s1, &mut c1),
+            (&mut s2, &mut c2),
+            vec![(false, delta)],
+            now,
+        )
+        .unwrap();
+        let b = ServiceName::new("demo", "b").unwrap();
+        let l = c1.lookup(&b, now).unwrap();
+        assert_eq!(l.clusters, vec![ClusterName::new("c2").unwrap()]);
+    }
+
+    #[test]
+    fn gap_asks_for_a_snapshot_and_heals() {
+        let now = Instant::now();
+        let (mut c1, mut c2) = (catalog("c1"), catalog("c2"));
+        let health = HealthConfig::default();
+        let mut s1 = SessionCore::new(ClusterName::new("c2").unwrap(), &health, now);
+        let mut s2 = SessionCore::new(ClusterName::new("c1").unwrap(), &health, now);
+        // c1 never got c2's snapshot; a delta arrives first.
+        let delta = c2
+            .set_exports(vec![export("b", "10.2.1.2")])
+            .unwrap()
+            .unwrap();
+        pump(
+            (&mut s1, &mut c1),
+            (&mut s2, &mut c2),
+            vec![(false, delta)],
+            now,
+        )
+        .unwrap();
+        assert!(s1.synced());
+        assert_eq!(
+            c1.remote(&ClusterName::new("c2").unwrap()).unwrap().version,
+            1
+        );
+    }
+
+    #[test]
+    fn wrong_origin_is_refused_and_changes_nothing() {
+        let now = Instant::now();
+        let mut c1 = catalog("c1");
+        let health = HealthConfig::default();
+        let mut from_c3 = SessionCore::new(ClusterName::new("c3").unwrap(), &health, now);
+        let mut forged = OriginState::new(ClusterName::new("c2").unwrap(), 7);
+        forged.version = 1;
+        let e = export("b", "10.3.1.2");
+        forged.services.insert(e.name.clone(), e);
+        let bytes = encode(&SyncMessage::Snapshot(forged)).unwrap();
+        let mut out = Vec::new();
+        let r = from_c3.on_bytes(&bytes, &mut c1, now, &mut out);
+        assert_eq!(r, Err(Close::Refused(Refused::WrongOrigin)));
+        assert_eq!(r.unwrap_err().refusal_label(), Some("wrong_origin"));
+        assert!(c1.view(now).is_empty());
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn garbage_closes_with_a_decode_error() {
+        let now = Instant::now();
+        let mut c1 = catalog("c1");
+        let mut s = SessionCore::new(
+            ClusterName::new("c2").unwrap(),
+            &HealthConfig::default(),
+            now,
+        );
+        let mut out = Vec::new();
+        let r = s.on_bytes(&[0, 0, 0, 3, 0, 9, 9], &mut c1, now, &mut out);
+        assert!(matches!(r, Err(Close::Decode(_))), "{r:?}");
+        assert!(c1.view(now).is_empty());
+    }
+
+    #[test]
+    fn heartbeats_when_quiet_and_idles_out() {
+        let now = Instant::now();
+        let c1 = catalog("c1");
+        let health = HealthConfig::default();
+        let mut s = SessionCore::new(ClusterName::new("c2").unwrap(), &health, now);
+        assert_eq!(s.poll_timeout(), now + Duration::from_secs(1));
+        assert_eq!(s.handle_timeout(&c1, now), Ok(None));
+        let hb = s.handle_timeout(&c1, now + Duration::from_secs(1)).unwrap();
+        assert!(matches!(hb, Some(SyncMessage::Heartbeat(_))));
+        s.on_sent(now + Duration::from_secs(1));
+        assert_eq!(
+            s.handle_timeout(&c1, now + Duration::from_secs(6)),
+            Err(Close::Idle)
+        );
+    }
+}

@@ -1,0 +1,327 @@
+//! Sync sessions over TCP between mesh addresses, through the tunnel: the listener, the dialer
+//! and one task per session around [`SessionCore`].
+//!
+//! One session per peer: the side with the lower mesh address dials; the other accepts. A new
+//! connection from an address that already has an inbound session replaces it (the peer
+//! restarted). Only a joined peer's mesh address may connect: the source address is what
+//! authenticates the peer's cluster (see `super::peers`).
+
+use super::peers::MeshPeer;
+use super::session::{Close, Output, SessionCore};
+use super::{DialState, SessionEntry, Shared};
+use isthmus_catalog::{encode, SyncMessage};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::broadcast::error::RecvError;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+const MAX_RETRY: Duration = Duration::from_secs(5);
+const DIAL_TICK: Duration = Duration::from_millis(200);
+/// A session in step for this long resets the dial backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(5);
+
+pub(super) async fn bind(addr: IpAddr, port: u16) -> std::io::Result<TcpListener> {
+    let sa = SocketAddr::new(addr, port);
+    let socket = match addr {
+        IpAddr::V4(_) => TcpSocket::new_v4()?,
+        IpAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(sa)?;
+    socket.listen(64)
+}
+
+pub(super) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        let (stream, remote) = match listener.accept().await {
+            Ok(x) => x,
+            Err(error) => {
+                tracing::warn!(%error, "catalog sync accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Some(peer) = shared.directory.by_addr(remote.ip()) else {
+            shared.count_refusal("unknown_source");
+            tracing::warn!(%remote, "catalog sync connection from an address that is no joined peer's mesh address; closed");
+            drop(stream);
+            continue;
+        };
+        // The peer reconnected: its previous inbound session is stale.
+        let stale: Vec<u64> = shared
+            .sessions
+            .lock()
+            .iter()
+            .filter(|(_, e)| e.peer.addr == peer.addr && !e.outbound)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            if let Some(e) = shared.sessions.lock().remove(&id) {
+                if let Some(a) = e.abort {
+                    a.abort();
+                }
+            }
+        }
+        spawn_session(&shared, stream, peer, false);
+    }
+}
+
+fn spawn_session(shared: &Arc<Shared>, stream: TcpStream, peer: MeshPeer, outbound: bool) {
+    let id = shared
+        .next_session
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    shared.sessions.lock().insert(
+        id,
+        SessionEntry {
+            peer: peer.clone(),
+            outbound,
+            synced: false,
+            abort: None,
+        },
+    );
+    let task = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let opened = Instant::now();
+            tracing::info!(peer = %peer.spiffe_id, mesh_addr = %peer.addr, outbound, "catalog sync session open");
+            let end = run(&shared, stream, &peer, id).await;
+            let was_synced = shared.sessions.lock().remove(&id).is_some_and(|e| e.synced);
+            match &end {
+                End::Shutdown => {}
+                End::Closed(close) => {
+                    if let Some(label) = close.refusal_label() {
+                        if matches!(close, Close::Decode(_)) {
+                            shared.count_refusal(label);
+                        }
+                        tracing::warn!(peer = %peer.spiffe_id, reason = %close, "catalog sync session closed: peer sent something refused; the catalog is unchanged");
+                    } else {
+                        tracing::info!(peer = %peer.spiffe_id, reason = %close, "catalog sync session closed");
+                    }
+                }
+                End::Io(e) => {
+                    tracing::info!(peer = %peer.spiffe_id, error = %e, "catalog sync session ended")
+                }
+            }
+            if outbound {
+                let mut dials = shared.dials.lock();
+                let d = dials.entry(peer.addr).or_insert_with(|| DialState {
+                    next: Instant::now(),
+                    backoff: FIRST_RETRY,
+                    connecting: false,
+                    last_error: None,
+                });
+                if was_synced && opened.elapsed() >= STABLE_AFTER {
+                    d.backoff = FIRST_RETRY;
+                }
+                d.connecting = false;
+                d.last_error = Some(end.to_string());
+                d.next = Instant::now() + d.backoff;
+                d.backoff = (d.backoff * 2).min(MAX_RETRY);
+            }
+        })
+    };
+    if let Some(e) = shared.sessions.lock().get_mut(&id) {
+        e.abort = Some(task.abort_handle());
+    }
+}
+
+enum End {
+    Shutdown,
+    Closed(Close),
+    Io(String),
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::Shutdown => f.write_str("shutting down"),
+            End::Closed(c) => write!(f, "{c}"),
+            End::Io(e) => f.write_str(e),
+        }
+    }
+}
+
+async fn send(
+    shared: &Shared,
+    wr: &mut OwnedWriteHalf,
+    core: &mut SessionCore,
+    msg: &SyncMessage,
+) -> Result<(), End> {
+    let frame = match encode(msg) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(error = %e, kind = msg.kind(), "sync message not sent");
+            return Ok(());
+        }
+    };
+    let limit = shared.config.health.down_after.max(Duration::from_secs(1));
+    match tokio::time::timeout(limit, wr.write_all(&frame)).await {
+        Ok(Ok(())) => {
+            core.on_sent(Instant::now());
+            Ok(())
+        }
+        Ok(Err(e)) => Err(End::Io(format!("write failed: {e}"))),
+        Err(_) => Err(End::Io("peer does not take data".into())),
+    }
+}
+
+async fn run(shared: &Arc<Shared>, stream: TcpStream, peer: &MeshPeer, id: u64) -> End {
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let mut deltas = shared.deltas.subscribe();
+    let mut shutdown = shared.shutdown.subscribe();
+    let (mut core, hello) = {
+        let catalog = shared.catalog.lock();
+        let mut core = SessionCore::new(peer.cluster.clone(), catalog.config(), Instant::now());
+        let hello = core.open(&catalog);
+        (core, hello)
+    };
+    if let Err(e) = send(shared, &mut wr, &mut core, &hello).await {
+        return e;
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let wake = core.poll_timeout();
+        tokio::select! {
+            read = rd.read(&mut buf) => {
+                let n = match read {
+                    Ok(0) => return End::Io("peer closed the connection".into()),
+                    Ok(n) => n,
+                    Err(e) => return End::Io(format!("read failed: {e}")),
+                };
+                let mut out = Vec::new();
+                let result = {
+                    let mut catalog = shared.catalog.lock();
+                    core.on_bytes(&buf[..n], &mut catalog, Instant::now(), &mut out)
+                };
+                for o in out {
+                    match o {
+                        Output::Send(msg) => {
+                            if let Err(e) = send(shared, &mut wr, &mut core, &msg).await {
+                                return e;
+                            }
+                        }
+                        Output::Changed => shared.changed(),
+                        Output::Members(m) => shared.members(peer, m),
+                    }
+                }
+                if let Some(e) = shared.sessions.lock().get_mut(&id) {
+                    e.synced = core.synced();
+                }
+                if let Err(close) = result {
+                    return End::Closed(close);
+                }
+            }
+            delta = deltas.recv() => {
+                let msg = match delta {
+                    Ok(msg) => msg,
+                    // Fell behind the change stream: a snapshot catches the peer up.
+                    Err(RecvError::Lagged(_)) => shared.catalog.lock().snapshot(),
+                    Err(RecvError::Closed) => return End::Shutdown,
+                };
+                if let Err(e) = send(shared, &mut wr, &mut core, &msg).await {
+                    return e;
+                }
+            }
+            _ = tokio::time::sleep_until(wake.into()) => {
+                let due = {
+                    let catalog = shared.catalog.lock();
+                    core.handle_timeout(&catalog, Instant::now())
+                };
+                match due {
+                    Ok(Some(hb)) => {
+                        if let Err(e) = send(shared, &mut wr, &mut core, &hb).await {
+                            return e;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(close) => return End::Closed(close),
+                }
+            }
+            _ = shutdown.changed() => {
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(300),
+                    send(shared, &mut wr, &mut core, &SyncMessage::Bye),
+                )
+                .await;
+                let _ = wr.shutdown().await;
+                return End::Shutdown;
+            }
+        }
+    }
+}
+
+/// Dials every peer whose mesh address is above ours and has no session, with backoff.
+pub(super) async fn dial_loop(shared: Arc<Shared>) {
+    loop {
+        let now = Instant::now();
+        for peer in shared.directory.peers() {
+            if peer.addr <= shared.mesh_addr
+                || shared
+                    .sessions
+                    .lock()
+                    .values()
+                    .any(|e| e.peer.addr == peer.addr)
+            {
+                continue;
+            }
+            {
+                let mut dials = shared.dials.lock();
+                let d = dials.entry(peer.addr).or_insert_with(|| DialState {
+                    next: now,
+                    backoff: FIRST_RETRY,
+                    connecting: false,
+                    last_error: None,
+                });
+                if d.connecting || d.next > now {
+                    continue;
+                }
+                d.connecting = true;
+            }
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                match connect(shared.mesh_addr, peer.addr, shared.config.port).await {
+                    Ok(stream) => spawn_session(&shared, stream, peer, true),
+                    Err(e) => {
+                        tracing::debug!(peer = %peer.spiffe_id, mesh_addr = %peer.addr, error = %e, "catalog sync connect failed");
+                        let mut dials = shared.dials.lock();
+                        if let Some(d) = dials.get_mut(&peer.addr) {
+                            d.connecting = false;
+                            d.last_error = Some(e);
+                            d.next = Instant::now() + d.backoff;
+                            d.backoff = (d.backoff * 2).min(MAX_RETRY);
+                        }
+                    }
+                }
+            });
+        }
+        tokio::time::sleep(DIAL_TICK).await;
+    }
+}
+
+/// Connects from our mesh address, so the peer sees the address its tunnel authenticates.
+async fn connect(local: IpAddr, remote: IpAddr, port: u16) -> Result<TcpStream, String> {
+    let socket = match local {
+        IpAddr::V4(_) => TcpSocket::new_v4(),
+        IpAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(|e| e.to_string())?;
+    socket
+        .bind(SocketAddr::new(local, 0))
+        .map_err(|e| format!("bind {local}: {e}"))?;
+    match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        socket.connect(SocketAddr::new(remote, port)),
+    )
+    .await
+    {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(format!("connect {remote}:{port}: {e}")),
+        Err(_) => Err(format!("connect {remote}:{port}: timed out")),
+    }
+}
