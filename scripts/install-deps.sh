@@ -9,7 +9,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 APT_PACKAGES=(
     iproute2 iputils-ping wireguard-tools wireguard-go iperf3 tcpdump dnsutils
     clang llvm libbpf-dev bpftool etcd-server etcd-client protobuf-compiler libprotobuf-dev
-    procps psmisc curl ca-certificates pkg-config build-essential python3 openssl
+    procps psmisc curl ca-certificates pkg-config build-essential python3 openssl iptables
 )
 
 installed() {
