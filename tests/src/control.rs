@@ -132,27 +132,7 @@ impl Lab {
             }
             let peers: Vec<toml::Value> = (1..=n)
                 .filter(|&j| j != i)
-                .map(|j| {
-                    let mut t = toml::Table::new();
-                    t.insert("name".into(), format!("c{j}").into());
-                    t.insert("spiffe_id".into(), gateway_id(j).into());
-                    t.insert(
-                        "endpoint".into(),
-                        format!("{}:{}", plan::wan_addr(j), plan::LISTEN_PORT).into(),
-                    );
-                    t.insert(
-                        "allowed_ips".into(),
-                        toml::Value::Array(vec![
-                            plan::cluster_cidr(j).into(),
-                            format!("{}/32", plan::mesh_addr(j)).into(),
-                        ]),
-                    );
-                    t.insert(
-                        "persistent_keepalive".into(),
-                        i64::from(PERSISTENT_KEEPALIVE).into(),
-                    );
-                    toml::Value::Table(t)
-                })
+                .map(|j| identity_peer(j, "spiffe_id", &gateway_id(j)))
                 .collect();
             cfg.extra.insert("peer".into(), toml::Value::Array(peers));
             let mut control = toml::Table::new();
@@ -232,6 +212,31 @@ impl Lab {
             .and_then(|s| s["control"]["synced_sessions"].as_u64())
             == Some(self.clusters() as u64 - 1)
     }
+}
+
+/// `[[peer]]` for cluster `j` by identity (`how` is `spiffe_id` or `cluster`, naming `whom`),
+/// with the lab's endpoint, allowed IPs (cluster CIDR and mesh address) and keepalive, and no
+/// `public_key`.
+pub fn identity_peer(j: usize, how: &str, whom: &str) -> toml::Value {
+    let mut t = toml::Table::new();
+    t.insert("name".into(), format!("c{j}").into());
+    t.insert(how.into(), whom.into());
+    t.insert(
+        "endpoint".into(),
+        format!("{}:{}", plan::wan_addr(j), plan::LISTEN_PORT).into(),
+    );
+    t.insert(
+        "allowed_ips".into(),
+        toml::Value::Array(vec![
+            plan::cluster_cidr(j).into(),
+            format!("{}/32", plan::mesh_addr(j)).into(),
+        ]),
+    );
+    t.insert(
+        "persistent_keepalive".into(),
+        i64::from(PERSISTENT_KEEPALIVE).into(),
+    );
+    toml::Value::Table(t)
 }
 
 /// An export file with one service per `(namespace/name, headless, endpoints)`, port 7000

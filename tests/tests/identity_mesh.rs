@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{peers, pod};
-use isthmus_lab::{plan, wait_for, GatewayConfig, Lab, Signal, PERSISTENT_KEEPALIVE, TUNCTL_BIN};
+use isthmus_lab::{plan, wait_for, GatewayConfig, Lab, Signal, TUNCTL_BIN};
 use serde_json::Value;
 
 const TRUST_DOMAIN: &str = "isthmus.local";
@@ -157,31 +157,12 @@ enum Expect {
     Cluster(String),
 }
 
-/// `[[peer]]` for cluster `j` by identity, with the lab's default endpoint, allowed IPs and
-/// keepalive, and no `public_key`.
+/// `[[peer]]` for cluster `j` by identity, with the lab's defaults.
 fn identity_peer(j: usize, expect: Expect) -> toml::Value {
-    let mut t = toml::Table::new();
-    t.insert("name".into(), format!("c{j}").into());
     match expect {
-        Expect::Id(id) => t.insert("spiffe_id".into(), id.into()),
-        Expect::Cluster(c) => t.insert("cluster".into(), c.into()),
-    };
-    t.insert(
-        "endpoint".into(),
-        format!("{}:{}", plan::wan_addr(j), plan::LISTEN_PORT).into(),
-    );
-    t.insert(
-        "allowed_ips".into(),
-        toml::Value::Array(vec![
-            plan::cluster_cidr(j).into(),
-            format!("{}/32", plan::mesh_addr(j)).into(),
-        ]),
-    );
-    t.insert(
-        "persistent_keepalive".into(),
-        i64::from(PERSISTENT_KEEPALIVE).into(),
-    );
-    toml::Value::Table(t)
+        Expect::Id(id) => isthmus_lab::control::identity_peer(j, "spiffe_id", &id),
+        Expect::Cluster(c) => isthmus_lab::control::identity_peer(j, "cluster", &c),
+    }
 }
 
 /// Cluster `i`'s config from the SVID directory `dir` (its own wg.key) with one peer by

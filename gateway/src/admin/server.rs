@@ -76,14 +76,7 @@ async fn handle(stream: UnixStream, source: &dyn AdminSource) {
             Ok(Ok(_)) if line.len() > MAX_REQUEST_BYTES => {
                 error_response(format!("request longer than {MAX_REQUEST_BYTES} bytes"))
             }
-            Ok(Ok(_)) if is_reload(&line) => match source.reload().await {
-                Ok(report) => Response {
-                    reload: Some(report),
-                    ..empty_response()
-                },
-                Err(error) => error_response(error),
-            },
-            Ok(Ok(_)) => respond(&line, source),
+            Ok(Ok(_)) => respond(&line, source).await,
         };
     let mut text = match serde_json::to_vec(&response) {
         Ok(text) => text,
@@ -105,8 +98,8 @@ async fn handle(stream: UnixStream, source: &dyn AdminSource) {
     linger(reader.into_inner().into_inner()).await;
 }
 
-/// Answers one request line (without I/O, for tests).
-pub fn respond(line: &[u8], source: &dyn AdminSource) -> Response {
+/// Answers one request line (no socket I/O, for tests).
+pub async fn respond(line: &[u8], source: &dyn AdminSource) -> Response {
     let request: Request = match serde_json::from_slice(trim_ascii(line)) {
         Ok(request) => request,
         Err(error) => return error_response(format!("malformed request: {error}")),
@@ -130,17 +123,12 @@ pub fn respond(line: &[u8], source: &dyn AdminSource) -> Response {
                 )
             }
         },
-        // Asynchronous: answered by `handle` before it gets here.
-        Request::Reload => return error_response("reload needs the daemon's main loop".into()),
+        Request::Reload => match source.reload().await {
+            Ok(report) => response.reload = Some(report),
+            Err(error) => return error_response(error),
+        },
     }
     response
-}
-
-fn is_reload(line: &[u8]) -> bool {
-    matches!(
-        serde_json::from_slice(trim_ascii(line)),
-        Ok(Request::Reload)
-    )
 }
 
 fn empty_response() -> Response {
@@ -181,15 +169,15 @@ mod tests {
     use crate::admin::testing::FakeSource;
     use std::os::unix::fs::PermissionsExt as _;
 
-    #[test]
-    fn malformed_requests_name_the_problem() {
+    #[tokio::test]
+    async fn malformed_requests_name_the_problem() {
         let source = FakeSource::new();
-        let r = respond(b"{\"op\":\"reboot\"}\n", &source);
+        let r = respond(b"{\"op\":\"reboot\"}\n", &source).await;
         let error = r.error.unwrap();
         assert!(error.starts_with("malformed request:"), "{error}");
         assert!(error.contains("reboot"), "{error}");
-        assert!(respond(b"not json", &source).error.is_some());
-        let ok = respond(b"{\"op\":\"peers\"}\r\n", &source);
+        assert!(respond(b"not json", &source).await.error.is_some());
+        let ok = respond(b"{\"op\":\"peers\"}\r\n", &source).await;
         assert_eq!(ok.error, None);
         assert_eq!(ok.peers.unwrap(), source.peers());
     }
