@@ -6,12 +6,14 @@
 
 mod control;
 mod identity;
+mod members;
 
 pub use control::{
     cluster_of, ControlConfig, DnsSettings, EtcdTarget, ExportSource, DEFAULT_CONTROL_PORT,
     DEFAULT_VIP_RANGE,
 };
 pub use identity::{Expected, IdentityConfig, IdentityPeerConfig, DEFAULT_JOIN_PORT};
+pub use members::{overlaps, MembersConfig, DEFAULT_MEMBER_KEEPALIVE};
 
 use crate::keys::{PrivateKey, PublicKey};
 use ipnet::IpNet;
@@ -63,6 +65,8 @@ pub struct Config {
     pub identity_peers: Vec<IdentityPeerConfig>,
     /// Catalog sync, DNS and the store: present when the file has a `[control]` section.
     pub control: Option<ControlConfig>,
+    /// Mesh membership by signed records: present when the file has a `[members]` section.
+    pub members: Option<MembersConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -122,6 +126,7 @@ struct RawConfig {
     exports: Option<control::RawExports>,
     store: Option<control::RawStore>,
     dns: Option<control::RawDns>,
+    members: Option<members::RawMembers>,
 }
 
 #[derive(Deserialize)]
@@ -455,6 +460,16 @@ impl Config {
                 spiffe_id: identity.as_ref().map(|i| i.id.as_str()),
             },
         )?;
+        let members = members::load_members(
+            &cx,
+            raw.members,
+            members::Context {
+                identity: identity.as_ref(),
+                control: control.is_some(),
+                mesh_addr: addresses.first().map(|a| a.addr()),
+                peer_prefixes: seen_prefixes.keys().copied().collect(),
+            },
+        )?;
         Ok(Config {
             source: path.to_path_buf(),
             interface: InterfaceConfig {
@@ -472,6 +487,7 @@ impl Config {
             identity,
             identity_peers,
             control,
+            members,
         })
     }
 }
@@ -515,7 +531,7 @@ pub fn parse_prefix(text: &str) -> Result<IpNet, String> {
     Ok(net)
 }
 
-fn resolve_endpoint(text: &str) -> Result<SocketAddr, String> {
+pub(crate) fn resolve_endpoint(text: &str) -> Result<SocketAddr, String> {
     if let Ok(sa) = text.parse::<SocketAddr>() {
         if sa.port() == 0 {
             return Err("port must not be 0".into());

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::signal::unix::{signal, SignalKind};
 
 mod joins;
+pub(crate) mod mesh;
 
 /// What the admin interfaces read: the engine plus the configuration in force.
 pub struct DaemonState {
@@ -34,6 +35,12 @@ pub struct DaemonState {
     reloads: tokio::sync::mpsc::Sender<ReloadReply>,
     /// The control plane, once started (`[control]`).
     control: std::sync::OnceLock<Arc<crate::control::Shared>>,
+    /// Mesh membership by signed records (`[members]`).
+    pub(crate) mesh: Option<Arc<mesh::MeshMembers>>,
+    /// The peer set last applied, with the mesh peers and refusals that came with it.
+    pub(crate) merged: parking_lot::Mutex<mesh::Merged>,
+    /// The applied peers changed: the main loop reconciles the kernel routes.
+    routes_dirty: tokio::sync::Notify,
 }
 
 type ReloadReply = tokio::sync::oneshot::Sender<Result<ReloadReport, String>>;
@@ -52,6 +59,15 @@ impl AdminSource for DaemonState {
             .map(|p| p.info(now))
             .collect();
         self.membership.lock().annotate(&mut rows, now);
+        for (key, id, not_after) in &self.merged.lock().members {
+            if let Some(row) = rows.iter_mut().find(|r| r.public_key == key.to_base64()) {
+                if row.spiffe_id.is_none() {
+                    row.spiffe_id = Some(id.as_str().to_string());
+                    row.svid_expires_unix_ms = Some(crate::members::unix_ms(*not_after));
+                }
+                row.verified = true;
+            }
+        }
         rows
     }
 
@@ -88,7 +104,18 @@ impl AdminSource for DaemonState {
     }
 
     fn control(&self) -> Option<crate::admin::proto::ControlStatus> {
-        self.control.get().map(|c| c.status())
+        let mut status = self.control.get()?.status();
+        if let Some(mesh) = &self.mesh {
+            status.members = mesh
+                .peers(SystemTime::now())
+                .iter()
+                .map(|m| m.spiffe_id.as_str().to_string())
+                .collect();
+            for (rule, n) in mesh.refused() {
+                status.refusals.insert(format!("member_{rule}"), n);
+            }
+        }
+        Some(status)
     }
 
     fn private_key_hex(&self) -> String {
@@ -110,16 +137,61 @@ impl AdminSource for DaemonState {
 }
 
 impl DaemonState {
-    /// Hands the engine every keyed peer: configured keys plus peers joined by identity.
+    /// Hands the engine every keyed peer: configured keys, peers joined by identity and, with
+    /// `[members]`, members learned from records (see [`mesh::merge`]); then has the main
+    /// loop reconcile the kernel routes.
     pub(crate) fn apply_peers(&self) -> crate::dataplane::PeerDiff {
         let now = SystemTime::now();
-        let mut peers = self.config.read().peers.clone();
-        let retiring = {
-            let m = self.membership.lock();
-            peers.extend(m.keyed_peers(now));
-            m.retiring_peers(now)
+        let (configured, own, keepalive) = {
+            let cfg = self.config.read();
+            let mut own: Vec<IpNet> = cfg
+                .interface
+                .addresses
+                .iter()
+                .map(|a| IpNet::from(a.addr()))
+                .collect();
+            if let Some(m) = &cfg.members {
+                own.extend(m.prefixes.iter().copied());
+            }
+            (
+                cfg.peers.clone(),
+                own,
+                cfg.members.as_ref().and_then(|m| m.persistent_keepalive),
+            )
         };
-        self.engine.apply_peer_set(&peers, &retiring)
+        let (slots, joined, retiring) = {
+            let m = self.membership.lock();
+            let slots: Vec<_> = m.slots.iter().map(|s| s.config.clone()).collect();
+            (slots, m.joined_slots(now), m.retiring_peers(now))
+        };
+        let learned = self.mesh.as_ref().map(|m| mesh::Learned {
+            members: m.peers(now),
+            keepalive,
+        });
+        let merged = mesh::merge(&own, &configured, &slots, joined, learned);
+        let diff = self.engine.apply_peer_set(&merged.peers, &retiring);
+        {
+            let mut last = self.merged.lock();
+            for r in &merged.refused {
+                if !last.refused.contains(r) {
+                    let (who, net, holder) = r;
+                    tracing::warn!(peer = %who, prefix = %net, held_by = %holder, "prefix not given to a learned peer: another peer holds it");
+                }
+            }
+            *last = merged;
+        }
+        self.routes_dirty.notify_one();
+        diff
+    }
+
+    /// Every prefix routed to a peer right now (learned ones included).
+    fn applied_prefixes(&self) -> Vec<IpNet> {
+        self.merged
+            .lock()
+            .peers
+            .iter()
+            .flat_map(|p| p.allowed_ips.iter().copied())
+            .collect()
     }
 
     /// The mesh address: the first address on the TUN.
@@ -149,21 +221,108 @@ impl DaemonState {
         }
     }
 
-    /// Grace periods and SVID expiry; re-applies the peers when something ended.
+    /// Grace periods, SVID expiry and member records past their lifetime; re-applies the
+    /// peers when something ended, and re-signs our record when it is due.
     fn expire(&self) {
-        if self.membership.lock().expire(SystemTime::now()) {
+        let now = SystemTime::now();
+        let mut changed = self.membership.lock().expire(now);
+        if let Some(mesh) = &self.mesh {
+            // Installed members whose record is no longer fresh: their owner stopped
+            // re-signing it (it died without leaving).
+            let fresh: Vec<_> = mesh.peers(now).into_iter().map(|p| p.spiffe_id).collect();
+            let lapsed: Vec<_> = self
+                .merged
+                .lock()
+                .members
+                .iter()
+                .map(|(_, id, _)| id.clone())
+                .filter(|id| !fresh.contains(id))
+                .collect();
+            changed |= mesh.expire(now);
+            if !lapsed.is_empty() {
+                let mut m = self.membership.lock();
+                for id in &lapsed {
+                    tracing::warn!(member = %id, "member record not renewed in time: the member is gone");
+                    m.left(id);
+                }
+                changed = true;
+            }
+            if mesh.needs_refresh(now) {
+                self.publish_own_record(false);
+            }
+        }
+        if changed {
             let diff = self.apply_peers();
             tracing::info!(
                 removed = diff.removed.len(),
-                "retired keys or expired SVIDs removed"
+                "retired keys, expired SVIDs or lapsed members removed"
             );
+            self.send_gossip();
         }
         self.maybe_switch_key();
     }
+
+    /// Signs our member record (a leaving one on shutdown) and sends it to every peer.
+    pub(crate) fn publish_own_record(&self, leaving: bool) {
+        let Some(mesh) = &self.mesh else {
+            return;
+        };
+        let (key, mesh_addr) = {
+            let cfg = self.config.read();
+            (
+                cfg.interface.private_key.public_key(),
+                cfg.interface.addresses.first().map(|a| a.addr()),
+            )
+        };
+        let Some(mesh_addr) = mesh_addr else {
+            return;
+        };
+        match mesh.sign_own(&key, mesh_addr, leaving, SystemTime::now()) {
+            Ok(()) => self.send_gossip(),
+            Err(e) => tracing::error!(error = format!("{e:#}"), "member record not published"),
+        }
+    }
+
+    /// Hands every record we hold to the control plane, which sends it on every session.
+    fn send_gossip(&self) {
+        if let (Some(mesh), Some(control)) = (&self.mesh, self.control.get()) {
+            control.set_gossip(mesh.gossip());
+        }
+    }
+
+    /// Records a peer sent over a sync session: verified, merged, and if anything changed,
+    /// applied and sent on.
+    pub(crate) fn receive_records(&self, records: &[crate::members::OpaqueMember]) {
+        let Some(mesh) = &self.mesh else {
+            return;
+        };
+        let received = mesh.receive(records, SystemTime::now());
+        if !received.changed {
+            return;
+        }
+        {
+            let mut m = self.membership.lock();
+            for id in &received.left {
+                m.left(id);
+            }
+        }
+        let diff = self.apply_peers();
+        if !diff.added.is_empty() || !diff.removed.is_empty() || !diff.restarted.is_empty() {
+            tracing::info!(
+                added = diff.added.len(),
+                removed = diff.removed.len(),
+                restarted = diff.restarted.len(),
+                kept = diff.kept.len(),
+                "mesh members applied"
+            );
+        }
+        self.send_gossip();
+    }
 }
 
-/// Routes the kernel should have through the interface for `config`.
-fn wanted_routes(config: &Config) -> BTreeSet<IpNet> {
+/// Routes the kernel should have through the interface for `config` and the peers `applied`
+/// (which adds what was learned from member records).
+fn wanted_routes(config: &Config, applied: &[IpNet]) -> BTreeSet<IpNet> {
     if !config.interface.routes {
         return BTreeSet::new();
     }
@@ -179,6 +338,7 @@ fn wanted_routes(config: &Config) -> BTreeSet<IpNet> {
                 .iter()
                 .flat_map(|p| p.allowed_ips.clone()),
         )
+        .chain(applied.iter().copied())
         .collect();
     let (routes, skipped) = routable(&all);
     for s in skipped {
@@ -192,6 +352,13 @@ fn wanted_routes(config: &Config) -> BTreeSet<IpNet> {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let name = config.interface.name.clone();
     warn_if_key_readable_by_others(&config.interface.private_key_file);
+    // Checked before anything exists: the SVID key must sign records.
+    let mesh = match (&config.members, &config.identity) {
+        (Some(m), Some(identity)) => Some(Arc::new(
+            mesh::MeshMembers::new(m, identity).context("failed to start mesh membership")?,
+        )),
+        _ => None,
+    };
     // The UDP port first: a port in use must fail before any interface exists.
     let udp = Arc::new(
         Udp::bind(config.interface.listen_port, &config.dataplane)
@@ -207,7 +374,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("failed to configure {name}"))?;
     let mut routes = BTreeSet::new();
-    for net in wanted_routes(&config) {
+    for net in wanted_routes(&config, &[]) {
         nl.replace_route(index, net)
             .await
             .with_context(|| format!("failed to configure {name}"))?;
@@ -244,7 +411,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         pending_key: parking_lot::Mutex::new(None),
         reloads: reload_tx,
         control: std::sync::OnceLock::new(),
+        mesh,
+        merged: parking_lot::Mutex::new(mesh::Merged::default()),
+        routes_dirty: tokio::sync::Notify::new(),
     });
+    state.membership.lock().accept_any_gateway =
+        config.members.as_ref().map(|m| m.persistent_keepalive);
     let expiry = {
         let state = state.clone();
         tokio::spawn(async move {
@@ -305,20 +477,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let control = match &config.control {
         Some(c) => {
-            let learned = Arc::new(crate::control::peers::LearnedPeers::default());
             let directory = crate::control::peers::MembershipDirectory {
                 state: Arc::downgrade(&state),
-                learned: learned.clone(),
             };
-            let control = crate::control::Control::start(
-                c.clone(),
-                state.mesh_addr(),
-                Box::new(directory),
-                learned,
-            )
-            .await
-            .context("failed to start the control plane")?;
-            let _ = state.control.set(control.shared());
+            let control =
+                crate::control::Control::start(c.clone(), state.mesh_addr(), Box::new(directory))
+                    .await
+                    .context("failed to start the control plane")?;
+            let shared = control.shared();
+            let weak = Arc::downgrade(&state);
+            shared.set_members_hook(Arc::new(move |_peer, records| {
+                if let Some(state) = weak.upgrade() {
+                    state.receive_records(&records);
+                }
+            }));
+            let _ = state.control.set(shared);
+            state.publish_own_record(false);
             Some(control)
         }
         None => None,
@@ -335,6 +509,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let reply = tokio::select! {
             _ = hup.recv() => None,
             Some(reply) = reload_rx.recv() => Some(reply),
+            _ = state.routes_dirty.notified() => {
+                let wanted = wanted_routes(&state.config.read(), &state.applied_prefixes());
+                sync_routes(&nl, index, &mut routes, &wanted).await;
+                continue;
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         };
@@ -355,6 +534,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 (cfg.identity.clone(), cfg.interface.private_key.clone())
             };
             if let Some(identity) = identity {
+                if let Some(mesh) = &state.mesh {
+                    match mesh.set_identity(&identity) {
+                        Ok(()) => state.publish_own_record(false),
+                        Err(e) => tracing::error!(
+                            error = format!("{e:#}"),
+                            "member record not re-signed after rotation"
+                        ),
+                    }
+                }
                 state.membership.lock().mark_rejoin_all();
                 match joins::start(state.clone(), identity, key).await {
                     Ok(j) => joins = Some(j),
@@ -372,7 +560,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     expiry.abort();
 
     tracing::info!(interface = %name, "shutting down");
-    // First, while the tunnels still carry it: peers hear our Bye and fail over at once.
+    // First, while the tunnels still carry it: peers hear that we leave the mesh and our Bye,
+    // and drop us and fail over at once.
+    state.publish_own_record(true);
     if let Some(c) = control {
         c.stop().await;
     }
@@ -509,27 +699,8 @@ async fn reload(
         }
     }
     let diff = state.apply_peers();
-    let wanted = wanted_routes(&new);
-    for net in wanted.difference(routes).copied().collect::<Vec<_>>() {
-        match nl.replace_route(index, net).await {
-            Ok(()) => {
-                routes.insert(net);
-            }
-            Err(e) => {
-                tracing::error!(prefix = %net, error = format!("{e:#}"), "adding route failed")
-            }
-        }
-    }
-    for net in routes.difference(&wanted).copied().collect::<Vec<_>>() {
-        match nl.delete_route(index, net).await {
-            Ok(()) => {
-                routes.remove(&net);
-            }
-            Err(e) => {
-                tracing::error!(prefix = %net, error = format!("{e:#}"), "removing route failed")
-            }
-        }
-    }
+    let wanted = wanted_routes(&new, &state.applied_prefixes());
+    sync_routes(nl, index, routes, &wanted).await;
     tracing::info!(
         added = diff.added.len(),
         removed = diff.removed.len(),
@@ -545,6 +716,36 @@ async fn reload(
         kept: diff.kept.len(),
         restart_needed,
     })
+}
+
+/// Adds and removes kernel routes through the interface until they are `wanted`; a failure
+/// is logged and retried at the next reconcile.
+async fn sync_routes(
+    nl: &impl LinkControl,
+    index: u32,
+    routes: &mut BTreeSet<IpNet>,
+    wanted: &BTreeSet<IpNet>,
+) {
+    for net in wanted.difference(routes).copied().collect::<Vec<_>>() {
+        match nl.replace_route(index, net).await {
+            Ok(()) => {
+                routes.insert(net);
+            }
+            Err(e) => {
+                tracing::error!(prefix = %net, error = format!("{e:#}"), "adding route failed")
+            }
+        }
+    }
+    for net in routes.difference(wanted).copied().collect::<Vec<_>>() {
+        match nl.delete_route(index, net).await {
+            Ok(()) => {
+                routes.remove(&net);
+            }
+            Err(e) => {
+                tracing::error!(prefix = %net, error = format!("{e:#}"), "removing route failed")
+            }
+        }
+    }
 }
 
 /// Applies a new interface key, SVID and/or trust bundle from a reloaded file (static key

@@ -34,8 +34,9 @@ impl PeerVerifier for PkiVerifier {
         expected: Option<&str>,
         now: SystemTime,
     ) -> Result<VerifiedPeer, String> {
-        // An initiator joining "any gateway of cluster c" names no identity.
-        let expected = match expected.filter(|e| !e.is_empty()) {
+        // A pattern ("any gateway of cluster c") is checked after the chain verified.
+        let pattern = expected.filter(|e| e.contains('*'));
+        let expected = match expected.filter(|e| !e.is_empty() && !e.contains('*')) {
             Some(e) => {
                 Some(SpiffeId::new(e).map_err(|err| format!("expected identity {e:?}: {err}"))?)
             }
@@ -49,7 +50,14 @@ impl PeerVerifier for PkiVerifier {
             Some(remote_static),
         )
         .map_err(|e| format!("{e} [{}]", e.rule()))?;
-        if expected.is_none() && !self.accept.iter().any(|a| a.matches(verified.id())) {
+        if let Some(p) = pattern {
+            if !crate::identity::id_matches(p, verified.id().as_str()) {
+                return Err(format!(
+                    "the SVID names {}, not {p} [wrong-identity]",
+                    verified.id().as_str()
+                ));
+            }
+        } else if expected.is_none() && !self.accept.iter().any(|a| a.matches(verified.id())) {
             return Err(format!(
                 "{} is not a configured peer of this gateway [not-a-peer]",
                 verified.id().as_str()
@@ -92,6 +100,17 @@ pub struct Slot {
     pub rejoin: bool,
     /// The peer's previous keys during their grace period.
     pub retiring: Vec<Retiring>,
+    /// Not in the file: a gateway of the trust domain joined us (`[members]`). Kept across
+    /// reloads, removed when the member leaves or its SVID expires.
+    pub dynamic: bool,
+}
+
+/// A joined slot as a keyed peer, with what the control plane needs to know of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinedSlot {
+    pub peer: PeerConfig,
+    pub id: SpiffeId,
+    pub mesh_addr: Option<IpAddr>,
 }
 
 #[derive(Debug, Default)]
@@ -99,6 +118,9 @@ pub struct Membership {
     pub slots: Vec<Slot>,
     /// How long a rotated peer's old key keeps working.
     pub grace: Duration,
+    /// Accept joins from any gateway of the trust domain (`[members]`), as dynamic slots
+    /// with this keepalive.
+    pub accept_any_gateway: Option<Option<u16>>,
 }
 
 impl Membership {
@@ -106,6 +128,7 @@ impl Membership {
         let mut m = Self {
             slots: Vec::new(),
             grace,
+            accept_any_gateway: None,
         };
         m.reconfigure(configs);
         m
@@ -116,7 +139,9 @@ impl Membership {
     pub fn reconfigure(&mut self, configs: &[IdentityPeerConfig]) {
         let old = std::mem::take(&mut self.slots);
         for c in configs {
-            let previous = old.iter().find(|s| s.config.expected == c.expected);
+            let previous = old
+                .iter()
+                .find(|s| !s.dynamic && s.config.expected == c.expected);
             self.slots.push(Slot {
                 config: c.clone(),
                 state: previous
@@ -124,8 +149,71 @@ impl Membership {
                     .unwrap_or(SlotState::Pending { last_error: None }),
                 rejoin: previous.is_some_and(|s| s.rejoin),
                 retiring: previous.map(|s| s.retiring.clone()).unwrap_or_default(),
+                dynamic: false,
             });
         }
+        // A gateway that joined us by itself stays, unless the file now names it.
+        for slot in old.into_iter().filter(|s| s.dynamic) {
+            let named = match &slot.state {
+                SlotState::Joined { id, .. } => SpiffeId::new(id)
+                    .is_ok_and(|id| configs.iter().any(|c| c.expected.matches(&id))),
+                SlotState::Pending { .. } => true,
+            };
+            if !named {
+                self.slots.push(slot);
+            }
+        }
+    }
+
+    /// A joined gateway left the mesh (its signed leaving record came): a slot it filled by
+    /// joining us goes; a configured one waits for it to join again.
+    pub fn left(&mut self, id: &SpiffeId) {
+        let is_it =
+            |s: &Slot| matches!(&s.state, SlotState::Joined { id: j, .. } if j == id.as_str());
+        self.slots.retain(|s| !(s.dynamic && is_it(s)));
+        for slot in self.slots.iter_mut().filter(|s| is_it(s)) {
+            slot.state = SlotState::Pending {
+                last_error: Some("left the mesh".into()),
+            };
+            slot.rejoin = false;
+        }
+    }
+
+    /// The slot a join from `id` fills: a configured one expecting it, or else, when any
+    /// gateway of the trust domain may join, a new dynamic one.
+    fn slot_for(&mut self, id: &SpiffeId) -> Option<usize> {
+        if let Some(i) = self
+            .slots
+            .iter()
+            .position(|s| !s.dynamic && s.config.expected.matches(id))
+        {
+            return Some(i);
+        }
+        if let Some(i) = self.slots.iter().position(|s| {
+            s.dynamic && matches!(&s.state, SlotState::Joined { id: j, .. } if j == id.as_str())
+        }) {
+            return Some(i);
+        }
+        let keepalive = self.accept_any_gateway?;
+        if !Expected::AnyGateway.matches(id) {
+            return None;
+        }
+        self.slots.push(Slot {
+            config: IdentityPeerConfig {
+                name: None,
+                expected: Expected::Id(id.clone()),
+                endpoint: None,
+                join_endpoint: None,
+                allowed_ips: Vec::new(),
+                persistent_keepalive: keepalive,
+                preshared_key: None,
+            },
+            state: SlotState::Pending { last_error: None },
+            rejoin: false,
+            retiring: Vec::new(),
+            dynamic: true,
+        });
+        Some(self.slots.len() - 1)
     }
 
     /// Records a finished join (its chain verified by the join's verifier); returns the slot it
@@ -134,10 +222,7 @@ impl Membership {
     /// rotated: its old key retires for the grace period.
     pub fn joined(&mut self, peer: &JoinedPeer, now: SystemTime) -> Option<usize> {
         let id = SpiffeId::new(&peer.joined.peer_id).ok()?;
-        let i = self
-            .slots
-            .iter()
-            .position(|s| s.config.expected.matches(&id))?;
+        let i = self.slot_for(&id)?;
         let grace = self.grace;
         let slot = &mut self.slots[i];
         let key = PublicKey::from_bytes(peer.joined.remote_static);
@@ -178,7 +263,13 @@ impl Membership {
     /// peer whose SVID expired goes back to pending so it is joined again (and picks up a
     /// renewed SVID). Returns whether the keyed peers changed.
     pub fn expire(&mut self, now: SystemTime) -> bool {
-        let mut changed = false;
+        let before = self.slots.len();
+        // A dynamic slot has nobody to join again: it goes with its SVID.
+        self.slots.retain(|s| {
+            !(s.dynamic
+                && matches!(&s.state, SlotState::Joined { not_after, .. } if *not_after <= now))
+        });
+        let mut changed = self.slots.len() != before;
         for slot in &mut self.slots {
             let before = slot.retiring.len();
             slot.retiring.retain(|r| r.until > now);
@@ -264,6 +355,27 @@ impl Membership {
             .collect()
     }
 
+    /// The joined peers as keyed peers, with their identities and mesh addresses.
+    pub fn joined_slots(&self, now: SystemTime) -> Vec<JoinedSlot> {
+        self.slots
+            .iter()
+            .filter_map(|s| match &s.state {
+                SlotState::Joined {
+                    key,
+                    id,
+                    not_after,
+                    wg_endpoint,
+                    mesh_addr,
+                } if *not_after > now => Some(JoinedSlot {
+                    peer: s.peer_config(*key, *wg_endpoint),
+                    id: SpiffeId::new(id).ok()?,
+                    mesh_addr: *mesh_addr,
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Old keys still in their grace period, for [`crate::dataplane::Engine::apply_peer_set`].
     pub fn retiring_peers(&self, now: SystemTime) -> Vec<PeerConfig> {
         self.slots
@@ -333,7 +445,7 @@ impl Membership {
                     dropped: Default::default(),
                     spiffe_id: match &slot.config.expected {
                         Expected::Id(id) => Some(id.as_str().to_string()),
-                        Expected::Cluster(_) => None,
+                        Expected::Cluster(_) | Expected::AnyGateway => None,
                     },
                     svid_expires_unix_ms: None,
                     verified: false,

@@ -307,3 +307,65 @@ pub fn fqdn(service: &str) -> String {
     let (ns, name) = service.split_once('/').expect("namespace/name");
     format!("{name}.{ns}.svc.{ZONE}")
 }
+
+/// `[members]` lifetime the seeded labs run with, seconds: short, so a killed member's record
+/// lapses within a test (it is re-signed every third of it).
+pub const MEMBER_TTL_SECS: u64 = 6;
+
+/// A lab of `n` clusters in which gateway `i` is given only one peer, `seed(i)` (by cluster,
+/// with its endpoint and no prefixes), and `[members]` advertising its cluster CIDR and WAN
+/// endpoint: everything else it must learn from signed member records. Gateways are started
+/// but not waited for.
+pub fn seeded_lab(n: usize, seed: impl Fn(usize) -> usize) -> Lab {
+    let lab = Lab::builder()
+        .clusters(n)
+        .build()
+        .unwrap_or_else(|e| panic!("failed to build the lab: {e:#}"));
+    let svids = lab.issue_gateway_svids().expect("issuing SVIDs");
+    lab.write_control_configs(&svids, |i, extra| {
+        let s = seed(i);
+        assert_ne!(s, i, "a gateway is not its own seed");
+        let mut peer = identity_peer(s, "cluster", &format!("c{s}"));
+        if let toml::Value::Table(t) = &mut peer {
+            t.remove("allowed_ips");
+        }
+        extra.insert("peer".into(), toml::Value::Array(vec![peer]));
+        let mut members = toml::Table::new();
+        members.insert(
+            "prefixes".into(),
+            toml::Value::Array(vec![plan::cluster_cidr(i).into()]),
+        );
+        members.insert(
+            "endpoint".into(),
+            format!("{}:{}", plan::wan_addr(i), plan::LISTEN_PORT).into(),
+        );
+        members.insert(
+            "persistent_keepalive".into(),
+            i64::from(PERSISTENT_KEEPALIVE).into(),
+        );
+        members.insert("ttl".into(), i64::try_from(MEMBER_TTL_SECS).unwrap().into());
+        extra.insert("members".into(), toml::Value::Table(members));
+    })
+    .expect("writing configs");
+    for i in 1..=n {
+        lab.start_gateway(i)
+            .unwrap_or_else(|e| panic!("starting gateway {i}: {e:#}"));
+    }
+    lab
+}
+
+impl Lab {
+    /// The live members gateway `i` learned from records (SPIFFE IDs), empty if it cannot say.
+    pub fn members_of(&self, i: usize) -> Vec<String> {
+        self.tunctl(i, &["-o", "json", "status"])
+            .ok()
+            .and_then(|s| {
+                s["control"]["members"].as_array().map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+            })
+            .unwrap_or_default()
+    }
+}

@@ -119,6 +119,9 @@ pub struct ControlStatus {
     pub remote_clusters: Vec<RemoteCluster>,
     /// Per peer (by SPIFFE ID): mesh address and sync state, for `tunctl peers`.
     pub peers: Vec<PeerSync>,
+    /// Live mesh members learned from signed records (`[members]`), by SPIFFE ID.
+    #[serde(default)]
+    pub members: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

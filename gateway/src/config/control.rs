@@ -147,7 +147,7 @@ pub fn cluster_of(spiffe_id: &str) -> Option<&str> {
     }
 }
 
-fn seconds(
+pub(super) fn seconds(
     cx: &Ctx<'_>,
     field: &str,
     value: Option<Seconds>,

@@ -55,6 +55,9 @@ pub enum Expected {
     Id(SpiffeId),
     /// Any gateway of this cluster: `spiffe://<td>/cluster/<c>/gateway/*`.
     Cluster(String),
+    /// Any gateway of the trust domain: whom a gateway with `[members]` accepts joins from
+    /// (any of them may become a member anyway, by a record signed under the same roots).
+    AnyGateway,
 }
 
 impl Expected {
@@ -65,6 +68,20 @@ impl Expected {
                 let segs: Vec<&str> = id.segments().collect();
                 segs.len() == 4 && segs[0] == "cluster" && segs[1] == c && segs[2] == "gateway"
             }
+            Expected::AnyGateway => {
+                let segs: Vec<&str> = id.segments().collect();
+                segs.len() == 4 && segs[0] == "cluster" && segs[2] == "gateway"
+            }
+        }
+    }
+
+    /// What a join request to such a peer names: the ID, or a pattern with `*` segments
+    /// (see `crate::identity::id_matches`).
+    pub fn request(&self, trust_domain: &str) -> String {
+        match self {
+            Expected::Id(id) => id.as_str().to_string(),
+            Expected::Cluster(c) => format!("spiffe://{trust_domain}/cluster/{c}/gateway/*"),
+            Expected::AnyGateway => format!("spiffe://{trust_domain}/cluster/*/gateway/*"),
         }
     }
 
@@ -72,6 +89,7 @@ impl Expected {
         match self {
             Expected::Id(id) => id.as_str().to_string(),
             Expected::Cluster(c) => format!("any gateway of cluster {c}"),
+            Expected::AnyGateway => "any gateway of the trust domain".to_string(),
         }
     }
 }

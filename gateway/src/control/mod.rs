@@ -22,7 +22,7 @@ use isthmus_catalog::{
     Liveness, LocalCatalog, MergedCatalog, OpaqueMember, OriginState, SyncMessage, VipAllocator,
 };
 use parking_lot::{Mutex, RwLock};
-use peers::{LearnedPeers, MeshPeer, PeerDirectory};
+use peers::{MeshPeer, PeerDirectory};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -68,8 +68,9 @@ pub struct Shared {
     members_hook: RwLock<Option<MembersHook>>,
     dns_stats: OnceLock<Arc<isthmus_dns::QueryStats>>,
     directory: Box<dyn PeerDirectory>,
-    /// Peers with a mesh address learned outside the join (member records).
-    pub learned: Arc<LearnedPeers>,
+    /// The member records to send every peer (`[members]`): on every session when it opens,
+    /// and on every open session when they change.
+    gossip: RwLock<Vec<OpaqueMember>>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -86,6 +87,20 @@ impl Shared {
     /// Sets the hook that receives membership records from peers.
     pub fn set_members_hook(&self, hook: MembersHook) {
         *self.members_hook.write() = Some(hook);
+    }
+
+    /// Replaces the member records we send, and sends them on every open session now.
+    pub fn set_gossip(&self, records: Vec<OpaqueMember>) {
+        for msg in gossip_messages(&records) {
+            // No receiver (no session) is fine: sessions send the gossip when they open.
+            let _ = self.deltas.send(msg);
+        }
+        *self.gossip.write() = records;
+    }
+
+    /// The gossip as `Members` messages, for a session that opens.
+    fn gossip_now(&self) -> Vec<SyncMessage> {
+        gossip_messages(&self.gossip.read())
     }
 
     fn members(&self, peer: &MeshPeer, members: Vec<OpaqueMember>) {
@@ -183,6 +198,7 @@ impl Shared {
             dns_queries,
             remote_clusters,
             peers: self.peer_sync(),
+            members: Vec::new(),
         }
     }
 
@@ -222,6 +238,14 @@ impl Shared {
     }
 }
 
+/// Member records in `Members` messages of at most the catalog's limit each.
+fn gossip_messages(records: &[OpaqueMember]) -> Vec<SyncMessage> {
+    records
+        .chunks(isthmus_catalog::limits::MAX_MEMBERS)
+        .map(|c| SyncMessage::Members(c.to_vec()))
+        .collect()
+}
+
 /// The running control plane; [`Control::stop`] closes every socket it opened.
 pub struct Control {
     shared: Arc<Shared>,
@@ -245,7 +269,6 @@ impl Control {
         config: ControlConfig,
         mesh_addr: Option<IpAddr>,
         directory: Box<dyn PeerDirectory>,
-        learned: Arc<LearnedPeers>,
     ) -> anyhow::Result<Control> {
         let mesh_addr =
             mesh_addr.context("the control plane needs a mesh address ([interface] address)")?;
@@ -296,7 +319,7 @@ impl Control {
             members_hook: RwLock::new(None),
             dns_stats: OnceLock::new(),
             directory,
-            learned,
+            gossip: RwLock::new(Vec::new()),
             shutdown,
         });
         files.save(&shared)?;

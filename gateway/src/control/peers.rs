@@ -1,6 +1,6 @@
 //! Which peers the control plane talks to: every peer with a known mesh address and a verified
-//! SPIFFE ID. Today those are the peers by identity that joined (their join named the mesh
-//! address); peers learned later (signed member records) are added through [`LearnedPeers`].
+//! SPIFFE ID: peers by identity that joined (their join named the mesh address) and members
+//! learned from signed records (see `crate::daemon::mesh::merge`).
 //!
 //! A mesh address is accepted only if it lies inside the peer's allowed prefixes: the engine
 //! drops any inner packet whose source is outside the sending peer's prefixes, and a prefix
@@ -9,10 +9,7 @@
 
 use crate::config::cluster_of;
 use crate::daemon::DaemonState;
-use crate::membership::SlotState;
 use isthmus_catalog::ClusterName;
-use parking_lot::RwLock;
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Weak;
 
@@ -48,57 +45,19 @@ pub trait PeerDirectory: Send + Sync + 'static {
     }
 }
 
-/// Peers learned outside the join (e.g. from member records), by mesh address.
-#[derive(Debug, Default)]
-pub struct LearnedPeers(RwLock<BTreeMap<IpAddr, MeshPeer>>);
-
-impl LearnedPeers {
-    pub fn learn(&self, peer: MeshPeer) {
-        self.0.write().insert(peer.addr, peer);
-    }
-
-    pub fn forget(&self, addr: IpAddr) {
-        self.0.write().remove(&addr);
-    }
-
-    fn list(&self) -> Vec<MeshPeer> {
-        self.0.read().values().cloned().collect()
-    }
-}
-
-/// Joined peers by identity, plus learned ones. Holds the daemon weakly: the daemon owns the
-/// control plane, not the other way round.
+/// The daemon's applied peers (joined by identity and, with `[members]`, learned from
+/// records) that have a gateway identity and a mesh address routed to them. Holds the daemon
+/// weakly: the daemon owns the control plane, not the other way round.
 pub struct MembershipDirectory {
     pub state: Weak<DaemonState>,
-    pub learned: std::sync::Arc<LearnedPeers>,
 }
 
 impl PeerDirectory for MembershipDirectory {
     fn peers(&self) -> Vec<MeshPeer> {
-        let mut out = self.learned.list();
-        let Some(state) = self.state.upgrade() else {
-            return out;
-        };
-        let membership = state.membership.lock();
-        for slot in &membership.slots {
-            let SlotState::Joined {
-                id,
-                mesh_addr: Some(addr),
-                ..
-            } = &slot.state
-            else {
-                continue;
-            };
-            if !slot.config.allowed_ips.iter().any(|n| n.contains(addr)) {
-                tracing::debug!(peer = %id, mesh_addr = %addr, "mesh address outside the peer's allowed_ips; no catalog sync with it");
-                continue;
-            }
-            if let Some(p) = MeshPeer::new(*addr, id) {
-                out.retain(|q| q.addr != p.addr);
-                out.push(p);
-            }
-        }
-        out
+        self.state
+            .upgrade()
+            .map(|s| s.merged.lock().mesh.clone())
+            .unwrap_or_default()
     }
 }
 

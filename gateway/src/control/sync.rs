@@ -184,6 +184,12 @@ async fn run(shared: &Arc<Shared>, stream: TcpStream, peer: &MeshPeer, id: u64) 
     if let Err(e) = send(shared, &mut wr, &mut core, &hello).await {
         return e;
     }
+    // Membership: everything we know, so a peer given only us as its seed learns the mesh.
+    for msg in shared.gossip_now() {
+        if let Err(e) = send(shared, &mut wr, &mut core, &msg).await {
+            return e;
+        }
+    }
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let wake = core.poll_timeout();
@@ -244,10 +250,13 @@ async fn run(shared: &Arc<Shared>, stream: TcpStream, peer: &MeshPeer, id: u64) 
                 }
             }
             _ = shutdown.changed() => {
-                let _ = tokio::time::timeout(
-                    Duration::from_millis(300),
-                    send(shared, &mut wr, &mut core, &SyncMessage::Bye),
-                )
+                // What was queued before the shutdown goes first (a leaving member record).
+                let _ = tokio::time::timeout(Duration::from_millis(300), async {
+                    while let Ok(msg) = deltas.try_recv() {
+                        send(shared, &mut wr, &mut core, &msg).await?;
+                    }
+                    send(shared, &mut wr, &mut core, &SyncMessage::Bye).await
+                })
                 .await;
                 let _ = wr.shutdown().await;
                 return End::Shutdown;
@@ -256,11 +265,32 @@ async fn run(shared: &Arc<Shared>, stream: TcpStream, peer: &MeshPeer, id: u64) 
     }
 }
 
-/// Dials every peer whose mesh address is above ours and has no session, with backoff.
+/// Dials every peer whose mesh address is above ours and has no session, with backoff, and
+/// closes the sessions of peers that are no longer peers (they left, or were removed).
 pub(super) async fn dial_loop(shared: Arc<Shared>) {
     loop {
         let now = Instant::now();
-        for peer in shared.directory.peers() {
+        let peers = shared.directory.peers();
+        let gone: Vec<(u64, MeshPeer)> = shared
+            .sessions
+            .lock()
+            .iter()
+            .filter(|(_, e)| !peers.contains(&e.peer))
+            .map(|(id, e)| (*id, e.peer.clone()))
+            .collect();
+        for (id, peer) in gone {
+            if let Some(e) = shared.sessions.lock().remove(&id) {
+                tracing::info!(peer = %peer.spiffe_id, mesh_addr = %peer.addr, "catalog sync session closed: no longer a peer");
+                if let Some(a) = e.abort {
+                    a.abort();
+                }
+            }
+        }
+        shared
+            .dials
+            .lock()
+            .retain(|addr, _| peers.iter().any(|p| p.addr == *addr));
+        for peer in peers {
             if peer.addr <= shared.mesh_addr
                 || shared
                     .sessions

@@ -56,13 +56,15 @@ impl Joins {
     }
 }
 
+/// Whom the join listener accepts: the configured peers by identity and, with `[members]`,
+/// any gateway of the trust domain.
 fn accepted(state: &DaemonState) -> Vec<Expected> {
-    state
-        .membership
-        .lock()
-        .slots
+    let m = state.membership.lock();
+    m.slots
         .iter()
+        .filter(|s| !s.dynamic)
         .map(|s| s.config.expected.clone())
+        .chain(m.accept_any_gateway.map(|_| Expected::AnyGateway))
         .collect()
 }
 
@@ -134,9 +136,11 @@ pub(super) async fn start(
     };
     let connector = {
         let state = state.clone();
+        let trust_domain = identity.bundle.trust_domain().as_str().to_string();
         let verifier: Arc<dyn PeerVerifier> = verifier.clone();
         tokio::spawn(connect_loop(
             state,
+            trust_domain,
             me,
             identity.join_port,
             key,
@@ -171,6 +175,7 @@ fn install(state: &DaemonState, peer: &JoinedPeer) {
 /// underlay join endpoint is the fallback.
 async fn connect_loop(
     state: Arc<DaemonState>,
+    trust_domain: String,
     me: Presenting,
     own_join_port: u16,
     key: PrivateKey,
@@ -209,12 +214,7 @@ async fn connect_loop(
             if Instant::now() < schedule[i].0 {
                 continue;
             }
-            let want = match &expected {
-                Expected::Id(id) => id.as_str().to_string(),
-                // The join needs one identity to name; a cluster peer is reached by the
-                // responder telling us who it is, which the verifier then checks.
-                Expected::Cluster(_) => String::new(),
-            };
+            let want = expected.request(&trust_domain);
             let mut outcome = None;
             for endpoint in addrs {
                 match join_connect(endpoint, &key, &me, want.clone(), verifier.clone()).await {

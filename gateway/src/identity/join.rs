@@ -442,7 +442,11 @@ impl Responder {
                         return Err(e.into());
                     }
                 };
-                if let Some(local) = self.local_id.as_ref().filter(|l| **l != request.expected) {
+                if let Some(local) = self
+                    .local_id
+                    .as_ref()
+                    .filter(|l| !super::id_matches(&request.expected, l))
+                {
                     let local = local.clone();
                     self.core.refuse_in_handshake(format!(
                         "this gateway is {local}, not {} [wrong-identity]",

@@ -62,6 +62,24 @@ pub use wire::{JoinHello, WireError, PROTOCOL_VERSION};
 
 /// The TCP port the join listens on, beside WireGuard's 51820.
 pub const DEFAULT_JOIN_PORT: u16 = 51821;
+
+/// Whether a SPIFFE ID matches what a join request expects: the ID itself, or a pattern in
+/// which a path segment `*` stands for any one segment (`spiffe://td/cluster/c2/gateway/*`:
+/// any gateway of cluster c2, sent when the peer is configured by `cluster`).
+pub fn id_matches(expected: &str, id: &str) -> bool {
+    if !expected.contains('*') {
+        return expected == id;
+    }
+    let (mut e, mut i) = (expected.split('/'), id.split('/'));
+    loop {
+        match (e.next(), i.next()) {
+            (None, None) => return true,
+            (Some("*"), Some(seg)) if !seg.is_empty() => {}
+            (Some(a), Some(b)) if a == b => {}
+            _ => return false,
+        }
+    }
+}
 /// A join must finish within this long of its start.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -478,3 +478,21 @@ fn random_frames_to_a_fresh_responder_never_panic() {
         })
         .unwrap();
 }
+
+#[test]
+fn join_request_patterns_match_one_segment_per_star() {
+    use super::id_matches;
+    let id = "spiffe://td/cluster/c2/gateway/gw";
+    assert!(id_matches(id, id));
+    assert!(id_matches("spiffe://td/cluster/c2/gateway/*", id));
+    assert!(id_matches("spiffe://td/cluster/*/gateway/*", id));
+    assert!(!id_matches("spiffe://td/cluster/c3/gateway/*", id));
+    assert!(!id_matches("spiffe://other/cluster/c2/gateway/*", id));
+    assert!(!id_matches("spiffe://td/cluster/c2/*", id));
+    assert!(!id_matches("spiffe://td/cluster/c2/gateway/gw/*", id));
+    assert!(!id_matches(
+        "spiffe://td/cluster/c2/gateway/*",
+        "spiffe://td/cluster/c2/gateway/"
+    ));
+    assert!(!id_matches("spiffe://td/cluster/c2/gateway/g", id));
+}
