@@ -200,7 +200,7 @@ impl Membership {
         }
         self.slots.push(Slot {
             config: IdentityPeerConfig {
-                name: None,
+                name: Some(crate::daemon::mesh::short_name(id)),
                 expected: Expected::Id(id.clone()),
                 endpoint: None,
                 join_endpoint: None,

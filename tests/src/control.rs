@@ -312,41 +312,17 @@ pub fn fqdn(service: &str) -> String {
 /// lapses within a test (it is re-signed every third of it).
 pub const MEMBER_TTL_SECS: u64 = 6;
 
-/// A lab of `n` clusters in which gateway `i` is given only one peer, `seed(i)` (by cluster,
-/// with its endpoint and no prefixes), and `[members]` advertising its cluster CIDR and WAN
-/// endpoint: everything else it must learn from signed member records. Gateways are started
-/// but not waited for.
+/// A lab of `n` clusters in which gateway `i` is given only one peer, `seed(i)`: see
+/// [`Lab::write_seeded_configs`] (with a [`MEMBER_TTL_SECS`] record lifetime). Gateways are
+/// started but not waited for.
 pub fn seeded_lab(n: usize, seed: impl Fn(usize) -> usize) -> Lab {
     let lab = Lab::builder()
         .clusters(n)
         .build()
         .unwrap_or_else(|e| panic!("failed to build the lab: {e:#}"));
     let svids = lab.issue_gateway_svids().expect("issuing SVIDs");
-    lab.write_control_configs(&svids, |i, extra| {
-        let s = seed(i);
-        assert_ne!(s, i, "a gateway is not its own seed");
-        let mut peer = identity_peer(s, "cluster", &format!("c{s}"));
-        if let toml::Value::Table(t) = &mut peer {
-            t.remove("allowed_ips");
-        }
-        extra.insert("peer".into(), toml::Value::Array(vec![peer]));
-        let mut members = toml::Table::new();
-        members.insert(
-            "prefixes".into(),
-            toml::Value::Array(vec![plan::cluster_cidr(i).into()]),
-        );
-        members.insert(
-            "endpoint".into(),
-            format!("{}:{}", plan::wan_addr(i), plan::LISTEN_PORT).into(),
-        );
-        members.insert(
-            "persistent_keepalive".into(),
-            i64::from(PERSISTENT_KEEPALIVE).into(),
-        );
-        members.insert("ttl".into(), i64::try_from(MEMBER_TTL_SECS).unwrap().into());
-        extra.insert("members".into(), toml::Value::Table(members));
-    })
-    .expect("writing configs");
+    lab.write_seeded_configs(&svids, seed, Some(MEMBER_TTL_SECS))
+        .expect("writing configs");
     for i in 1..=n {
         lab.start_gateway(i)
             .unwrap_or_else(|e| panic!("starting gateway {i}: {e:#}"));
@@ -355,6 +331,44 @@ pub fn seeded_lab(n: usize, seed: impl Fn(usize) -> usize) -> Lab {
 }
 
 impl Lab {
+    /// Writes every cluster's config like [`Lab::write_control_configs`], except that gateway
+    /// `i` is given only one peer, `seed(i)` (by cluster, with its endpoint and no prefixes),
+    /// and `[members]` advertising its cluster CIDR and WAN endpoint (record lifetime `ttl`
+    /// seconds, or the default): everything else it must learn from signed member records.
+    pub fn write_seeded_configs(
+        &self,
+        svids: &[PathBuf],
+        seed: impl Fn(usize) -> usize,
+        ttl: Option<u64>,
+    ) -> Result<()> {
+        self.write_control_configs(svids, |i, extra| {
+            let s = seed(i);
+            assert_ne!(s, i, "a gateway is not its own seed");
+            let mut peer = identity_peer(s, "cluster", &format!("c{s}"));
+            if let toml::Value::Table(t) = &mut peer {
+                t.remove("allowed_ips");
+            }
+            extra.insert("peer".into(), toml::Value::Array(vec![peer]));
+            let mut members = toml::Table::new();
+            members.insert(
+                "prefixes".into(),
+                toml::Value::Array(vec![plan::cluster_cidr(i).into()]),
+            );
+            members.insert(
+                "endpoint".into(),
+                format!("{}:{}", plan::wan_addr(i), plan::LISTEN_PORT).into(),
+            );
+            members.insert(
+                "persistent_keepalive".into(),
+                i64::from(PERSISTENT_KEEPALIVE).into(),
+            );
+            if let Some(ttl) = ttl {
+                members.insert("ttl".into(), i64::try_from(ttl).unwrap_or(i64::MAX).into());
+            }
+            extra.insert("members".into(), toml::Value::Table(members));
+        })
+    }
+
     /// The live members gateway `i` learned from records (SPIFFE IDs), empty if it cannot say.
     pub fn members_of(&self, i: usize) -> Vec<String> {
         self.tunctl(i, &["-o", "json", "status"])

@@ -215,6 +215,16 @@ impl Claims {
     }
 }
 
+/// How `tunctl peers` names a gateway learned without a name in the file: `<cluster>/<node>`
+/// of `spiffe://<td>/cluster/<cluster>/gateway/<node>` (the SPIFFE ID column has the rest).
+pub(crate) fn short_name(id: &SpiffeId) -> String {
+    let segs: Vec<&str> = id.segments().collect();
+    match segs.as_slice() {
+        ["cluster", c, "gateway", n] => format!("{c}/{n}"),
+        _ => id.as_str().to_string(),
+    }
+}
+
 fn host(addr: IpAddr) -> IpNet {
     IpNet::from(addr)
 }
@@ -327,7 +337,7 @@ pub(crate) fn merge(
         }
         out.members.push((key, m.spiffe_id.clone(), m.not_after));
         out.peers.push(PeerConfig {
-            name: Some(owner),
+            name: Some(short_name(&m.spiffe_id)),
             public_key: key,
             preshared_key: None,
             endpoint: m.endpoint,

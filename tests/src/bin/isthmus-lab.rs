@@ -1,6 +1,11 @@
 //! `isthmus-lab run`: builds a namespace lab of N clusters, starts a real `isthmus-gateway` in
 //! each, proves every pod reaches every other cluster's pod through the tunnels, prints the
 //! result and `tunctl peers`, and tears everything down. Exits non-zero if anything failed.
+//!
+//! By default (`--keys identity`) the gateways are the whole product: SVIDs from `tunctl pki`,
+//! each gateway given only one seed (c1's is c2, every other's is c1) and learning the rest
+//! from signed member records, with the control plane on; cluster 2 exports a demo service
+//! that cluster 1's DNS must answer. `--keys static` runs the plain WireGuard full mesh.
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use isthmus_lab::{plan, Lab, GATEWAY_BIN, TUNCTL_BIN};
+use isthmus_lab::control::{exports_toml, fqdn};
+use isthmus_lab::{plan, wait_for, Lab, GATEWAY_BIN, TUNCTL_BIN};
 
 /// How long every pod pair gets to start answering once all gateways are up: the first
 /// packet of a pair waits for a WireGuard handshake.
@@ -32,9 +38,19 @@ enum Cmd {
         /// Keep the lab up after the checks until Ctrl-C.
         #[arg(long)]
         keep: bool,
+        /// `identity`: SVIDs, one seed per gateway, membership and control plane; `static`:
+        /// WireGuard keys in every file (full mesh by configuration).
+        #[arg(long, value_enum, default_value_t = Keys::Identity)]
+        keys: Keys,
     },
     /// Remove labs left behind by runs that were killed.
     Sweep,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Keys {
+    Identity,
+    Static,
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -49,7 +65,11 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Run { clusters, keep } => run(usize::from(clusters), keep),
+        Cmd::Run {
+            clusters,
+            keep,
+            keys,
+        } => run(usize::from(clusters), keep, keys),
         Cmd::Sweep => sweep(),
     };
     match result {
@@ -72,7 +92,7 @@ fn sweep() -> Result<bool> {
 }
 
 /// Returns whether every check passed.
-fn run(clusters: usize, keep: bool) -> Result<bool> {
+fn run(clusters: usize, keep: bool, keys: Keys) -> Result<bool> {
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     // Ctrl-C (and SIGTERM) end the run through the normal path, so `Lab`'s Drop tears down.
     ctrlc::set_handler(move || {
@@ -98,6 +118,15 @@ fn run(clusters: usize, keep: bool) -> Result<bool> {
         lab.dir().display()
     );
 
+    if keys == Keys::Identity {
+        let svids = lab.issue_gateway_svids().context("failed to issue SVIDs")?;
+        lab.write_exports(
+            2,
+            &exports_toml(&[("demo/echo", true, &[plan::pod_addr(2)])]),
+        )?;
+        lab.write_seeded_configs(&svids, |i| if i == 1 { 2 } else { 1 }, None)?;
+        println!("SVIDs issued; each gateway is given one seed (c1: c2, others: c1)");
+    }
     for i in 1..=clusters {
         check_interrupted()?;
         lab.start_gateway(i)
@@ -112,7 +141,10 @@ fn run(clusters: usize, keep: bool) -> Result<bool> {
 
     let results = ping_matrix(&lab)?;
     print_matrix(clusters, &results);
-    let pings_ok = results.iter().all(|r| r.ok);
+    let mut pings_ok = results.iter().all(|r| r.ok);
+    if keys == Keys::Identity {
+        pings_ok &= check_control(&lab, clusters)?;
+    }
 
     println!("\ntunctl peers (cluster 1):");
     let tunctl_ok = match lab.tunctl_text(1, &["peers"]) {
@@ -156,6 +188,42 @@ fn run(clusters: usize, keep: bool) -> Result<bool> {
         }
     );
     Ok(ok)
+}
+
+/// Every gateway learned every other as a member and syncs with it; cluster 1's DNS answers
+/// the service cluster 2 exports. Prints `tunctl services` of cluster 1.
+fn check_control(lab: &Lab, clusters: usize) -> Result<bool> {
+    let start = Instant::now();
+    let meshed = wait_for(
+        || (1..=clusters).all(|i| lab.members_of(i).len() == clusters - 1 && lab.control_synced(i)),
+        PING_DEADLINE,
+    );
+    println!(
+        "membership: {} ({} members and sync sessions per gateway, {:?})",
+        if meshed { "full mesh" } else { "INCOMPLETE" },
+        clusters - 1,
+        start.elapsed()
+    );
+    let name = fqdn("demo/echo");
+    let want = vec![plan::pod_addr(2).to_string()];
+    let answered = wait_for(
+        || lab.dig(&lab.pod_ns(1), 1, &name, "A").ok() == Some(want.clone()),
+        PING_DEADLINE,
+    );
+    println!(
+        "dns: {name} from c1's pod -> {}",
+        if answered {
+            want.join(", ")
+        } else {
+            "NO ANSWER".to_string()
+        }
+    );
+    println!("\ntunctl services (cluster 1):");
+    match lab.tunctl_text(1, &["services"]) {
+        Ok(table) => print!("{table}"),
+        Err(e) => println!("tunctl failed: {e:#}"),
+    }
+    Ok(meshed && answered)
 }
 
 fn check_interrupted() -> Result<()> {
