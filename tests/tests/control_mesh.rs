@@ -73,6 +73,11 @@ fn three_clusters_with_one_seed_each_form_a_full_mesh_and_drop_members_that_go()
         start.elapsed()
     );
     wait_synced(&lab, "mesh formed");
+    let status = lab.tunctl_text(1, &["status"]).unwrap();
+    assert!(
+        status.contains("members:        c2/gw, c3/gw"),
+        "tunctl status names the members:\n{status}"
+    );
 
     // The learned tunnel carries traffic directly: c2's pod reaches c3's pod, and the bytes
     // are counted on gw2's peer row for gw3 (no relay through the seed).

@@ -360,6 +360,18 @@ pub fn status_with_control(
         c.synced_sessions, c.sessions
     );
     let _ = writeln!(out, "clusters:       {}", or_none(remotes.join(", ")));
+    if !c.members.is_empty() {
+        // spiffe://<td>/cluster/<c>/gateway/<n> as <c>/<n>.
+        let members: Vec<String> = c
+            .members
+            .iter()
+            .map(|id| match id.split_once("/cluster/") {
+                Some((_, rest)) => rest.replacen("/gateway/", "/", 1),
+                None => id.clone(),
+            })
+            .collect();
+        let _ = writeln!(out, "members:        {}", members.join(", "));
+    }
     let _ = writeln!(out, "refused:        {}", counts(&c.refusals));
     if format == OutputFormat::Wide {
         let _ = writeln!(out, "dns queries:    {}", counts(&c.dns_queries));
