@@ -267,14 +267,8 @@ impl DaemonState {
         let Some(mesh) = &self.mesh else {
             return;
         };
-        let (key, mesh_addr) = {
-            let cfg = self.config.read();
-            (
-                cfg.interface.private_key.public_key(),
-                cfg.interface.addresses.first().map(|a| a.addr()),
-            )
-        };
-        let Some(mesh_addr) = mesh_addr else {
+        let key = self.config.read().interface.private_key.public_key();
+        let Some(mesh_addr) = self.mesh_addr() else {
             return;
         };
         match mesh.sign_own(&key, mesh_addr, leaving, SystemTime::now()) {

@@ -383,10 +383,19 @@ fn claim_id(prefix: &str) -> Result<(LabId, TempDir, PathBuf)> {
     bail!("no free lab id with prefix {prefix:?} after 32 tries")
 }
 
-/// `$ISTHMUS_BIN_DIR`, else `<workspace root>/target/release`.
+/// `$ISTHMUS_BIN_DIR`, else the running program's directory when the gateway is there (cargo
+/// builds the lab's own binaries next to it, also with a custom `CARGO_TARGET_DIR`), else
+/// `<workspace root>/target/release`.
 pub fn default_bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("ISTHMUS_BIN_DIR") {
         return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+        .filter(|d| d.join(crate::gateway::GATEWAY_BIN).is_file())
+    {
+        return dir;
     }
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -101,15 +101,11 @@ fn run(clusters: usize, keep: bool, keys: Keys) -> Result<bool> {
     })
     .context("failed to install the Ctrl-C handler")?;
 
-    let mut builder = Lab::builder().clusters(clusters);
-    if std::env::var_os("ISTHMUS_BIN_DIR").is_none() {
-        // Cargo builds the gateway and tunctl next to this binary.
-        let exe = std::env::current_exe().context("failed to locate isthmus-lab")?;
-        if let Some(dir) = exe.parent().filter(|d| d.join(GATEWAY_BIN).is_file()) {
-            builder = builder.bin_dir(dir);
-        }
-    }
-    let lab = builder.build().context("failed to build the lab")?;
+    // The gateway and tunctl: $ISTHMUS_BIN_DIR, else next to this binary (`default_bin_dir`).
+    let lab = Lab::builder()
+        .clusters(clusters)
+        .build()
+        .context("failed to build the lab")?;
     lab.binary(GATEWAY_BIN)?;
     lab.binary(TUNCTL_BIN)?;
     println!(

@@ -92,14 +92,6 @@ fn run(cli: &Cli) -> Result<()> {
     // Ctrl-C (and SIGTERM) end the run through the normal path, so `Lab`'s Drop tears down.
     ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst))
         .context("failed to install the Ctrl-C handler")?;
-    if std::env::var_os("ISTHMUS_BIN_DIR").is_none() {
-        // Cargo builds the gateway and tunctl next to this binary. Set before any thread
-        // starts; the lab reads the variable when it is built.
-        let exe = std::env::current_exe().context("failed to locate isthmus-catalog-bench")?;
-        if let Some(dir) = exe.parent().filter(|d| d.join(GATEWAY_BIN).is_file()) {
-            std::env::set_var("ISTHMUS_BIN_DIR", dir);
-        }
-    }
     let per_service = usize::from(cli.per_service);
     let catalogs = [
         Catalog {
