@@ -51,53 +51,7 @@ pub struct Response {
     pub control: Option<ControlStatus>,
 }
 
-/// One service of the merged catalog, as `tunctl services`, the watch socket and the etcd
-/// store show it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServiceInfo {
-    pub namespace: String,
-    pub name: String,
-    /// Clusterset VIPs; empty for headless services.
-    pub vips: Vec<String>,
-    pub headless: bool,
-    /// `local_first`, `round_robin` or `weighted`.
-    pub policy: String,
-    pub ports: Vec<PortInfo>,
-    /// Exporting clusters whose endpoints are offered now.
-    pub clusters: Vec<String>,
-    /// Exporting clusters that are down or held down.
-    pub unavailable: Vec<String>,
-    pub endpoints_healthy: usize,
-    pub endpoints_total: usize,
-    pub per_cluster: Vec<ClusterEndpoints>,
-    /// What the route agents program, under the service's policy, from this gateway's cluster.
-    pub backends: Vec<BackendInfo>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PortInfo {
-    #[serde(default)]
-    pub name: Option<String>,
-    pub port: u16,
-    pub protocol: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterEndpoints {
-    pub cluster: String,
-    pub offered: bool,
-    pub ready: usize,
-    pub total: usize,
-    pub weight: u32,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BackendInfo {
-    pub cluster: String,
-    pub address: String,
-    pub port: u16,
-    pub weight: u32,
-}
+pub use isthmus_catalog_view::{BackendInfo, ClusterEndpoints, PortInfo, ServiceInfo};
 
 /// The control plane at one moment.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

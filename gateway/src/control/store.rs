@@ -14,7 +14,6 @@ use isthmus_catalog::{OriginState, ServiceExport};
 use isthmus_etcd_store::{
     EtcdPublisher, EtcdWatcher, PublisherOptions, WatchEvent, WatcherOptions,
 };
-use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::os::unix::fs::DirBuilderExt as _;
@@ -232,7 +231,7 @@ pub(super) async fn etcd_exports_loop(shared: Arc<Shared>, mut watcher: EtcdWatc
 
 /// The etcd key of a service: `services/<namespace>/<name>` under the prefix.
 pub fn etcd_key(s: &ServiceInfo) -> String {
-    format!("services/{}/{}", s.namespace, s.name)
+    isthmus_catalog_view::service_key(&s.namespace, &s.name)
 }
 
 /// Mirrors the merged catalog into etcd after every change (debounced); releases the prefix
@@ -296,20 +295,13 @@ pub(super) async fn publish_loop(shared: Arc<Shared>, target: EtcdTarget) {
     }
 }
 
-/// One line of the watch socket.
-#[derive(Serialize)]
-struct WatchLine<'a> {
-    revision: u64,
-    cluster: &'a str,
-    services: Vec<ServiceInfo>,
-}
-
 fn watch_line(shared: &Shared, revision: u64) -> Vec<u8> {
-    let cluster = shared.config.cluster.to_string();
-    let line = WatchLine {
+    let line = isthmus_catalog_view::WatchLine {
+        schema: isthmus_catalog_view::SCHEMA_VERSION,
         revision,
-        cluster: &cluster,
+        cluster: shared.config.cluster.to_string(),
         services: shared.services(),
+        routes: Vec::new(),
     };
     let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
     bytes.push(b'\n');
