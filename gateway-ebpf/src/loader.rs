@@ -230,7 +230,9 @@ impl Datapath {
         let mut links = Vec::new();
         for name in SOCKET_PROGRAMS {
             let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
-            match prog.attach(&dir, CgroupAttachMode::AllowMultiple) {
+            // A bpf_link attach takes no flags and always coexists with other programs (the
+            // kernel attaches links as BPF_F_ALLOW_MULTI).
+            match prog.attach(&dir, CgroupAttachMode::Single) {
                 Ok(id) => links.push((name, id)),
                 Err(source) => {
                     for (n, id) in links {

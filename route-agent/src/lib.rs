@@ -10,6 +10,21 @@
 
 pub mod agent;
 pub mod catalog;
+pub mod config;
+pub mod daemon;
 pub mod dataplane;
 pub mod desired;
 pub mod reconcile;
+pub mod status;
+
+/// An error and its sources, `: `-separated (for log fields).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
