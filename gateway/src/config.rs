@@ -9,8 +9,8 @@ mod identity;
 mod members;
 
 pub use control::{
-    cluster_of, ControlConfig, DnsSettings, EtcdTarget, ExportSource, DEFAULT_CONTROL_PORT,
-    DEFAULT_VIP_RANGE,
+    cluster_of, ControlConfig, DnsSettings, EtcdTarget, ExportSource, WatchTcp,
+    DEFAULT_CONTROL_PORT, DEFAULT_VIP_RANGE,
 };
 pub use identity::{Expected, IdentityConfig, IdentityPeerConfig, DEFAULT_JOIN_PORT};
 pub use members::{overlaps, MembersConfig, DEFAULT_MEMBER_KEEPALIVE};

@@ -138,24 +138,23 @@ impl AdminSource for DaemonState {
 
 impl DaemonState {
     /// Hands the engine every keyed peer: configured keys, peers joined by identity and, with
-    /// `[members]`, members learned from records (see [`mesh::merge`]); then has the main
-    /// loop reconcile the kernel routes.
+    /// `[members]`, members learned from records (see [`mesh::merge`]); hands the control plane
+    /// the prefixes now carried into the tunnel (for the watch stream and the etcd store); then
+    /// has the main loop reconcile the kernel routes.
     pub(crate) fn apply_peers(&self) -> crate::dataplane::PeerDiff {
         let now = SystemTime::now();
-        let (configured, own, keepalive) = {
+        let (configured, own, mesh_addrs, keepalive) = {
             let cfg = self.config.read();
-            let mut own: Vec<IpNet> = cfg
-                .interface
-                .addresses
-                .iter()
-                .map(|a| IpNet::from(a.addr()))
-                .collect();
+            let mesh_addrs: Vec<std::net::IpAddr> =
+                cfg.interface.addresses.iter().map(|a| a.addr()).collect();
+            let mut own: Vec<IpNet> = mesh_addrs.iter().copied().map(IpNet::from).collect();
             if let Some(m) = &cfg.members {
                 own.extend(m.prefixes.iter().copied());
             }
             (
                 cfg.peers.clone(),
                 own,
+                mesh_addrs,
                 cfg.members.as_ref().and_then(|m| m.persistent_keepalive),
             )
         };
@@ -179,6 +178,11 @@ impl DaemonState {
                 }
             }
             *last = merged;
+            // Under the lock, so that of two applies racing, the control plane ends with the
+            // routes of the one stored last.
+            if let Some(control) = self.control.get() {
+                control.set_routes(last.carried_routes(&mesh_addrs));
+            }
         }
         self.routes_dirty.notify_one();
         diff
@@ -491,6 +495,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // The first apply: the engine already runs the configured peers, but the applied set (and
+    // the control plane's routes) must hold them too, also when no join or member ever changes it.
+    state.apply_peers();
     tracing::info!(
         interface = %name, port = listen_port, peers = config.peers.len(),
         public_key = %engine.public_key(), ?offloads, "isthmus-gateway running"
@@ -670,6 +677,11 @@ async fn reload(
         }
         if old.admin != new.admin || old.dataplane != new.dataplane {
             ignored.push("[admin]/[dataplane]");
+        }
+        // The control plane's sockets, store and DNS are bound once at start; the export file
+        // itself is followed live.
+        if old.control != new.control {
+            ignored.push("[control]/[exports]/[store]/[dns]");
         }
         if !ignored.is_empty() {
             tracing::warn!(fields = ?ignored, "these changes take effect only after a restart");

@@ -1,13 +1,197 @@
 //! The control plane end to end: gateways joined by identity sync their clusters' exports
 //! through the tunnels and answer `clusterset.local` DNS from the merged catalog; a killed
-//! cluster's endpoints leave DNS within seconds and come back with it. Needs root.
+//! cluster's endpoints leave DNS within seconds and come back with it; the watch stream reaches
+//! the node over TCP (with the routes a node needs) and nothing outside `watch_allow`. Needs root.
 
-use std::net::Ipv4Addr;
+use std::io::BufRead as _;
+use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use isthmus_catalog_view::WatchLine;
 use isthmus_lab::control::{control_lab, exports_toml, fqdn, wait_synced, SYNC_DEADLINE};
 use isthmus_lab::{plan, wait_for, Lab, Signal};
+
+/// Gateway 1's TCP watch listener, on its lan0 address.
+const WATCH_PORT: u16 = 7474;
+
+/// Cluster 1's node network (the gateway's lan0 and the node's eth0), which may read the
+/// stream; the pod network behind the node may not.
+fn node_network() -> String {
+    let [a, b, c, _] = plan::gw_lan_addr(1).octets();
+    format!("{a}.{b}.{c}.0/24")
+}
+
+/// [`control_lab`] with gateway 1 serving the watch stream on `lan0:7474` to its node network.
+fn control_lab_with_watch(n: usize) -> Lab {
+    let lab = Lab::builder()
+        .clusters(n)
+        .build()
+        .unwrap_or_else(|e| panic!("failed to build the lab: {e:#}"));
+    let svids = lab.issue_gateway_svids().expect("issuing SVIDs");
+    lab.write_control_configs(&svids, |i, extra| {
+        if i != 1 {
+            return;
+        }
+        let Some(toml::Value::Table(control)) = extra.get_mut("control") else {
+            panic!("no [control] table to add the watch listener to");
+        };
+        control.insert(
+            "watch_listen".into(),
+            format!("{}:{WATCH_PORT}", plan::gw_lan_addr(1)).into(),
+        );
+        control.insert(
+            "watch_allow".into(),
+            toml::Value::Array(vec![node_network().into()]),
+        );
+    })
+    .expect("writing configs");
+    for i in 1..=n {
+        lab.start_gateway(i)
+            .unwrap_or_else(|e| panic!("starting gateway {i}: {e:#}"));
+    }
+    wait_synced(&lab, "start");
+    lab
+}
+
+/// What a TCP client in `ns` got from gateway 1's watch listener.
+#[derive(Debug, PartialEq)]
+enum Watched {
+    Line(String),
+    /// Accepted, then closed without a line.
+    Closed,
+    Refused,
+}
+
+/// Connects from `ns` to gateway 1's watch listener and reads the first line.
+fn watch_over_tcp(lab: &Lab, ns: &str) -> Watched {
+    let script = [
+        "import socket".to_owned(),
+        "try:".to_owned(),
+        format!(
+            "    s = socket.create_connection(('{}', {WATCH_PORT}), timeout=5)",
+            plan::gw_lan_addr(1)
+        ),
+        "except ConnectionRefusedError:".to_owned(),
+        "    print('refused')".to_owned(),
+        "    raise SystemExit(0)".to_owned(),
+        "line = s.makefile('rb').readline()".to_owned(),
+        "print('line ' + line.decode().strip() if line else 'closed')".to_owned(),
+    ]
+    .join("\n");
+    let out = lab
+        .run(ns, &["python3", "-c", &script])
+        .unwrap_or_else(|e| panic!("watch client in {ns}: {e:#}"));
+    match out.trim() {
+        "refused" => Watched::Refused,
+        "closed" => Watched::Closed,
+        other => Watched::Line(
+            other
+                .strip_prefix("line ")
+                .unwrap_or_else(|| panic!("watch client printed {other:?}"))
+                .to_owned(),
+        ),
+    }
+}
+
+/// The first line of gateway 1's Unix watch socket (read from the root namespace).
+fn watch_over_unix(lab: &Lab) -> WatchLine {
+    let path = lab.state_dir(1).join("catalog.sock");
+    let stream = std::os::unix::net::UnixStream::connect(&path)
+        .unwrap_or_else(|e| panic!("connecting to {}: {e}", path.display()));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(stream)
+        .read_line(&mut line)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a WatchLine ({e}): {line}"))
+}
+
+/// `a.b.c.d/len` as (address, length), for checking the order of `routes`.
+fn cidr(s: &str) -> (IpAddr, u8) {
+    let (addr, len) = s
+        .split_once('/')
+        .unwrap_or_else(|| panic!("{s} is no CIDR"));
+    (addr.parse().unwrap(), len.parse().unwrap())
+}
+
+fn watch_refusals(lab: &Lab) -> u64 {
+    lab.control_status(1)["refusals"]["watch_not_allowed"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// The node reads the stream over TCP, with what it must route via the gateway node; the pod
+/// (outside `watch_allow`) is closed without a line and counted.
+fn check_watch_stream(lab: &Lab) {
+    let Watched::Line(text) = watch_over_tcp(lab, &lab.node_ns(1)) else {
+        lab.dump_gateway_logs();
+        panic!("no watch line over TCP from the node namespace");
+    };
+    let line: WatchLine =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not a WatchLine ({e}): {text}"));
+    isthmus_catalog_view::check_schema(line.schema).unwrap();
+    assert_eq!(line.cluster, "c1", "{text}");
+    let mut want = vec![format!("{}/32", plan::mesh_addr(1))];
+    for j in 2..=lab.clusters() {
+        want.push(plan::cluster_cidr(j));
+        want.push(format!("{}/32", plan::mesh_addr(j)));
+    }
+    for w in &want {
+        assert!(
+            line.routes.contains(w),
+            "routes lack {w}: {:?}",
+            line.routes
+        );
+    }
+    assert!(
+        !line.routes.contains(&plan::cluster_cidr(1)),
+        "the local cluster is not carried into the tunnel: {:?}",
+        line.routes
+    );
+    assert!(
+        line.routes.windows(2).all(|w| cidr(&w[0]) < cidr(&w[1])),
+        "routes not sorted and unique: {:?}",
+        line.routes
+    );
+    // The same stream as the Unix socket's (revisions may differ by a change in between).
+    let unix = watch_over_unix(lab);
+    assert_eq!(
+        (&unix.cluster, &unix.services, &unix.routes),
+        (&line.cluster, &line.services, &line.routes)
+    );
+
+    let before = watch_refusals(lab);
+    assert_eq!(
+        watch_over_tcp(lab, &lab.pod_ns(1)),
+        Watched::Closed,
+        "the pod ({}) is outside watch_allow = [{}]",
+        plan::pod_addr(1),
+        node_network()
+    );
+    assert_eq!(watch_refusals(lab), before + 1, "{}", lab.control_status(1));
+
+    // Like every [control] setting, watch_allow is bound at start: a reload that widens it to
+    // the pod network says a restart is needed and changes nothing yet.
+    let path = lab.config_path(1);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let allow = format!("\"{}\"]", node_network());
+    assert!(text.contains(&allow), "{text}");
+    let wider = text.replace(
+        &allow,
+        &format!("\"{}\", \"{}\"]", node_network(), plan::pod_subnet(1)),
+    );
+    std::fs::write(&path, wider).unwrap();
+    let report = lab
+        .tunctl(1, &["-o", "json", "reload"])
+        .unwrap_or_else(|e| panic!("tunctl reload: {e:#}"));
+    let restart = report["restart_needed"].to_string();
+    assert!(restart.contains("[control]"), "{report}");
+    assert_eq!(watch_over_tcp(lab, &lab.pod_ns(1)), Watched::Closed);
+    assert_eq!(watch_refusals(lab), before + 2);
+}
 
 /// A TCP server on port 7000 in cluster `i`'s pod that greets with `hello from c{i}`.
 fn greeter(lab: &Lab, i: usize) -> isthmus_lab::ChildGuard {
@@ -144,7 +328,7 @@ fn exported_service_resolves_across_clusters_and_reaches_its_endpoint() {
 
 #[test]
 fn killed_cluster_leaves_dns_and_returns() {
-    let lab = control_lab(3);
+    let lab = control_lab_with_watch(3);
     let pod1 = lab.pod_ns(1);
     let (pod2, pod3) = (plan::pod_addr(2), plan::pod_addr(3));
     lab.write_exports(
@@ -167,6 +351,7 @@ fn killed_cluster_leaves_dns_and_returns() {
         "cluster 1 does not answer both clusters' endpoints: {:?}",
         lab.services_json(1)
     );
+    check_watch_stream(&lab);
 
     lab.stop_gateway(2, Signal::Kill)
         .expect("SIGKILL gateway 2");
@@ -228,4 +413,13 @@ fn killed_cluster_leaves_dns_and_returns() {
         "restart of gateway 2 -> its endpoints back in cluster 1's DNS: {:?}",
         restarted.elapsed()
     );
+
+    // A clean shutdown closes both watch listeners.
+    lab.stop_gateway(1, Signal::Term)
+        .expect("stopping gateway 1");
+    assert!(
+        !lab.state_dir(1).join("catalog.sock").exists(),
+        "watch socket left behind"
+    );
+    assert_eq!(watch_over_tcp(&lab, &lab.node_ns(1)), Watched::Refused);
 }

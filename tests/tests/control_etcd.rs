@@ -1,6 +1,6 @@
 //! The etcd-backed mode against a real etcd (Debian `etcd-server`), run in gateway 1's
 //! namespace: gateway 1 takes its exports from an etcd prefix and mirrors the merged catalog
-//! under another; the mirror follows export changes from both clusters, and cluster 2 resolves
+//! (and its gateway record with the routes nodes need) under another; the mirror follows export changes from both clusters, and cluster 2 resolves
 //! what cluster 1 exported through etcd. Needs root and `etcd`/`etcdctl`.
 
 use std::process::Command;
@@ -135,6 +135,24 @@ fn etcd_exports_and_store_follow_changes() {
         value.contains("c2"),
         "stored demo/two does not name cluster c2: {json}"
     );
+
+    // Beside the services, the gateway's own record: what nodes route via the gateway node.
+    let key = format!("{STORE}/{}", isthmus_catalog_view::GATEWAY_KEY);
+    let value = etcdctl(&lab, &["get", "--print-value-only", &key]);
+    let gateway: isthmus_catalog_view::GatewayInfo = serde_json::from_str(value.trim())
+        .unwrap_or_else(|e| panic!("{key} is no GatewayInfo ({e}): {value:?}"));
+    isthmus_catalog_view::check_schema(gateway.schema).unwrap();
+    assert_eq!(gateway.cluster, "c1", "{value}");
+    for want in [
+        plan::cluster_cidr(2),
+        format!("{}/32", plan::mesh_addr(2)),
+        format!("{}/32", plan::mesh_addr(1)),
+    ] {
+        assert!(
+            gateway.routes.contains(&want),
+            "{key} routes lack {want}: {value}"
+        );
+    }
 
     // Cluster 2 resolves what cluster 1 exported through etcd.
     let answer = vec![plan::pod_addr(1).to_string()];

@@ -3,7 +3,7 @@
 //! the merged catalog) and `[dns]`. The control plane runs only when `[control]` is present.
 
 use super::{ConfigError, Ctx};
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use isthmus_catalog::{ClusterName, HealthConfig};
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
@@ -29,9 +29,28 @@ pub struct ControlConfig {
     pub vip_v6: Option<Ipv6Net>,
     /// Unix socket streaming the merged catalog as JSON lines (route agents).
     pub watch_socket: PathBuf,
+    /// The same stream over TCP, for route agents on the cluster's other nodes.
+    pub watch_tcp: Option<WatchTcp>,
     pub exports: ExportSource,
     pub store: Option<EtcdTarget>,
     pub dns: Option<DnsSettings>,
+}
+
+/// `watch_listen` and `watch_allow`: a TCP listener for the watch stream and who may read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchTcp {
+    pub listen: SocketAddr,
+    /// Source prefixes allowed to connect; never empty.
+    pub allow: Vec<IpNet>,
+}
+
+impl WatchTcp {
+    /// Whether a connection from `addr` may read the stream. An IPv4 client of a dual-stack
+    /// listener shows as `::ffff:a.b.c.d`, which the IPv4 prefixes must still match.
+    pub fn allows(&self, addr: IpAddr) -> bool {
+        let addr = addr.to_canonical();
+        self.allow.iter().any(|net| net.contains(&addr))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +87,8 @@ pub(super) struct RawControl {
     vip_range: Option<String>,
     vip_range_v6: Option<String>,
     watch_socket: Option<String>,
+    watch_listen: Option<String>,
+    watch_allow: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -206,6 +227,52 @@ fn etcd_target(
     })
 }
 
+/// `watch_listen` with its non-empty `watch_allow`, or neither.
+fn watch_tcp(
+    cx: &Ctx<'_>,
+    listen: Option<&str>,
+    allow: Option<&[String]>,
+) -> Result<Option<WatchTcp>, ConfigError> {
+    let Some(text) = listen else {
+        return match allow {
+            Some(allow) => Err(cx.invalid(
+                "control.watch_allow",
+                format!("[{}]", allow.join(", ")),
+                "only for the TCP watch listener: set control.watch_listen too, or remove it",
+            )),
+            None => Ok(None),
+        };
+    };
+    let listen: SocketAddr = text.parse().map_err(|_| {
+        cx.invalid(
+            "control.watch_listen",
+            text,
+            "expected address:port, e.g. 10.1.0.1:7474",
+        )
+    })?;
+    if listen.port() == 0 {
+        return Err(cx.invalid("control.watch_listen", text, "port must not be 0"));
+    }
+    let allow = allow.unwrap_or_default();
+    if allow.is_empty() {
+        return Err(cx.invalid(
+            "control.watch_allow",
+            "[]",
+            "required with watch_listen: the source prefixes that may read the stream, e.g. [\"10.1.0.0/24\"]",
+        ));
+    }
+    let mut nets = Vec::with_capacity(allow.len());
+    for (i, a) in allow.iter().enumerate() {
+        let net = super::parse_prefix(a)
+            .map_err(|problem| cx.invalid(format!("control.watch_allow[{i}]"), a, problem))?;
+        nets.push(net);
+    }
+    Ok(Some(WatchTcp {
+        listen,
+        allow: nets,
+    }))
+}
+
 /// Validates the control-plane sections. `None` when `[control]` is absent (the other three
 /// sections then must be absent too).
 pub(super) fn load_control(
@@ -340,6 +407,11 @@ pub(super) fn load_control(
         .as_ref()
         .map(|s| ctx.base.join(s))
         .unwrap_or_else(|| state_dir.join("catalog.sock"));
+    let watch_tcp = watch_tcp(
+        cx,
+        control.watch_listen.as_deref(),
+        control.watch_allow.as_deref(),
+    )?;
 
     let exports = match raw.exports {
         None => ExportSource::None,
@@ -432,6 +504,7 @@ pub(super) fn load_control(
         vip_v4,
         vip_v6,
         watch_socket,
+        watch_tcp,
         exports,
         store,
         dns,
@@ -475,6 +548,7 @@ mod tests {
         assert_eq!(c.health.down_after, std::time::Duration::from_secs(3));
         assert_eq!(c.vip_v4.to_string(), "241.0.0.0/16");
         assert_eq!(c.exports, super::ExportSource::None);
+        assert_eq!(c.watch_tcp, None);
         let dns = c.dns.unwrap();
         assert_eq!(dns.listen.to_string(), "100.96.0.1:53");
         assert_eq!((dns.zone.as_str(), dns.ttl), ("clusterset.local", 5));
@@ -515,12 +589,56 @@ mod tests {
             ("[control]\ncluster = \"c1\"\n[store]\netcd_endpoints = [\"http://127.0.0.1:2379\"]\netcd_prefix = \"/\"\n", "store.etcd_prefix", "/", "below the root"),
             ("[control]\ncluster = \"c1\"\n[dns]\nlisten = \"nowhere\"\n", "dns.listen", "nowhere", "address:port"),
             ("[dns]\nttl = 5\n", "dns", "[...]", "needs a [control] section"),
+            ("[control]\ncluster = \"c1\"\nwatch_listen = \"10.1.0.1:7474\"\n", "control.watch_allow", "[]", "required with watch_listen"),
+            ("[control]\ncluster = \"c1\"\nwatch_listen = \"10.1.0.1:7474\"\nwatch_allow = []\n", "control.watch_allow", "[]", "required with watch_listen"),
+            ("[control]\ncluster = \"c1\"\nwatch_allow = [\"10.1.0.0/24\"]\n", "control.watch_allow", "[10.1.0.0/24]", "set control.watch_listen too"),
+            ("[control]\ncluster = \"c1\"\nwatch_listen = \"10.1.0.1:7474\"\nwatch_allow = [\"10.1.0.0/24\", \"10.1.0.0/33\"]\n", "control.watch_allow[1]", "10.1.0.0/33", "expected a CIDR prefix"),
+            ("[control]\ncluster = \"c1\"\nwatch_listen = \"10.1.0.1:7474\"\nwatch_allow = [\"10.1.0.1/24\"]\n", "control.watch_allow[0]", "10.1.0.1/24", "host bits are set; did you mean 10.1.0.0/24?"),
+            ("[control]\ncluster = \"c1\"\nwatch_listen = \"10.1.0.1\"\nwatch_allow = [\"10.1.0.0/24\"]\n", "control.watch_listen", "10.1.0.1", "expected address:port"),
+            ("[control]\ncluster = \"c1\"\nwatch_listen = \"node-a:7474\"\nwatch_allow = [\"10.1.0.0/24\"]\n", "control.watch_listen", "node-a:7474", "expected address:port"),
+            ("[control]\ncluster = \"c1\"\nwatch_listen = \"10.1.0.1:0\"\nwatch_allow = [\"10.1.0.0/24\"]\n", "control.watch_listen", "10.1.0.1:0", "port must not be 0"),
         ] {
             let e = error(extra);
             assert!(e.contains("gw.toml: "), "{e}");
             assert!(e.contains(&format!("{field} = {value:?}")), "{extra:?}: {e}");
             assert!(e.contains(problem), "{extra:?}: {e}");
         }
+    }
+
+    #[test]
+    fn watch_listener_with_its_allowed_sources() {
+        let c = parse(
+            "[control]\ncluster = \"c1\"\nwatch_listen = \"10.1.0.1:7474\"\n\
+             watch_allow = [\"10.1.0.0/24\", \"10.9.0.7\", \"fd00:1::/64\"]\n",
+        )
+        .unwrap()
+        .control
+        .unwrap();
+        let w = c.watch_tcp.unwrap();
+        assert_eq!(w.listen.to_string(), "10.1.0.1:7474");
+        let allow: Vec<String> = w.allow.iter().map(|n| n.to_string()).collect();
+        assert_eq!(allow, ["10.1.0.0/24", "10.9.0.7/32", "fd00:1::/64"]);
+        for (addr, allowed) in [
+            ("10.1.0.2", true),
+            ("10.1.1.2", false),
+            ("10.9.0.7", true),
+            ("10.9.0.8", false),
+            // An IPv4 client of a listener on [::].
+            ("::ffff:10.1.0.2", true),
+            ("::ffff:10.1.1.2", false),
+            ("fd00:1::5", true),
+            ("fd00:2::5", false),
+        ] {
+            assert_eq!(w.allows(addr.parse().unwrap()), allowed, "{addr}");
+        }
+        let v6 = parse(
+            "[control]\ncluster = \"c1\"\nwatch_listen = \"[fd00::1]:7474\"\nwatch_allow = [\"fd00::/64\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            v6.control.unwrap().watch_tcp.unwrap().listen.to_string(),
+            "[fd00::1]:7474"
+        );
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //!
 //! One [`MergedCatalog`] behind a mutex is the single source of truth: sessions apply what
 //! peers send, export sources replace the local exports, a timer runs health, and DNS, the
-//! admin socket, the watch socket and the store read it. Every change bumps a revision that
-//! the store and the watchers follow.
+//! admin socket, the watch stream and the store read it. The routes the watch stream and the
+//! store announce are the daemon's (it owns the peer set) and handed over with
+//! [`Shared::set_routes`]. Every change of either bumps a revision that the store and the
+//! watchers follow.
 
 pub mod exports;
 pub mod peers;
@@ -14,10 +16,12 @@ pub mod session;
 mod store;
 mod sync;
 pub mod view;
+mod watch_stream;
 
 use crate::admin::proto::{ControlStatus, PeerSync, RemoteCluster, ServiceInfo};
 use crate::config::{ControlConfig, ExportSource};
 use anyhow::Context as _;
+use ipnet::IpNet;
 use isthmus_catalog::{
     Liveness, LocalCatalog, MergedCatalog, OpaqueMember, OriginState, SyncMessage, VipAllocator,
 };
@@ -71,6 +75,9 @@ pub struct Shared {
     /// The member records to send every peer (`[members]`): on every session when it opens,
     /// and on every open session when they change.
     gossip: RwLock<Vec<OpaqueMember>>,
+    /// What the gateway carries into the tunnel, as the daemon last handed it over (the
+    /// daemon owns the peer set; see [`Shared::set_routes`]).
+    routes: RwLock<Vec<IpNet>>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -96,6 +103,31 @@ impl Shared {
             let _ = self.deltas.send(msg);
         }
         *self.gossip.write() = records;
+    }
+
+    /// Replaces the prefixes the watch stream and the etcd store announce as carried into the
+    /// tunnel (every applied peer's, and our mesh addresses); the daemon calls it after every
+    /// change of its peer set. Watchers get a new line only when the set changed.
+    pub fn set_routes(&self, mut routes: Vec<IpNet>) {
+        routes.sort();
+        routes.dedup();
+        {
+            let mut current = self.routes.write();
+            if *current == routes {
+                return;
+            }
+            tracing::debug!(
+                routes = routes.len(),
+                "routes carried into the tunnel changed"
+            );
+            *current = routes;
+        }
+        self.changed();
+    }
+
+    /// [`Shared::set_routes`]' prefixes as CIDR strings, in address order.
+    pub fn routes(&self) -> Vec<String> {
+        self.routes.read().iter().map(IpNet::to_string).collect()
     }
 
     /// The gossip as `Members` messages, for a session that opens.
@@ -253,7 +285,7 @@ pub struct Control {
     /// Tasks that finish by themselves on shutdown (they say goodbye first).
     graceful: Vec<JoinHandle<()>>,
     dns: Option<isthmus_dns::DnsServer>,
-    watch: Option<crate::admin::unix_socket::ServedSocket>,
+    watch: Option<watch_stream::WatchListeners>,
 }
 
 fn unix_ms() -> u64 {
@@ -320,6 +352,7 @@ impl Control {
             dns_stats: OnceLock::new(),
             directory,
             gossip: RwLock::new(Vec::new()),
+            routes: RwLock::new(Vec::new()),
             shutdown,
         });
         files.save(&shared)?;
@@ -346,14 +379,7 @@ impl Control {
                 config.port
             )
         })?;
-        let watch = store::serve_watch(&config.watch_socket, shared.clone())
-            .await
-            .with_context(|| {
-                format!(
-                    "failed to serve the watch socket {}",
-                    config.watch_socket.display()
-                )
-            })?;
+        let watch = watch_stream::serve_watch(&config, shared.clone()).await?;
 
         let mut tasks = vec![
             tokio::spawn(sync::accept_loop(shared.clone(), listener)),
@@ -397,7 +423,7 @@ impl Control {
     }
 
     /// Says Bye to every peer, closes the sync listener and sessions, DNS and the watch
-    /// socket, releases the etcd prefix and writes the state a last time.
+    /// listeners, releases the etcd prefix and writes the state a last time.
     pub async fn stop(mut self) {
         let _ = self.shared.shutdown.send(true);
         let deadline = Instant::now() + BYE_GRACE;

@@ -1,5 +1,5 @@
-//! The catalog store: the state directory (local and remote origins, VIPs), the watch socket
-//! route agents follow, the etcd mirror, and the export sources that feed the catalog.
+//! The catalog store: the state directory (local and remote origins, VIPs), the etcd mirror,
+//! and the export sources that feed the catalog.
 //!
 //! State directory (mode 0700), each file replaced atomically (temporary file, fsync, rename):
 //! `local.json` (this cluster's origin state), `remotes.json` (a list of remote origin states),
@@ -19,9 +19,7 @@ use std::io::Write as _;
 use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt as _;
-use tokio::task::JoinSet;
+use std::time::Duration;
 
 /// Changes closer together than this are written (to disk, to etcd) once.
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -29,8 +27,6 @@ const DEBOUNCE: Duration = Duration::from_millis(100);
 const FILE_POLL: Duration = Duration::from_millis(500);
 /// How long start-up waits for the etcd export source's first snapshot.
 const ETCD_FIRST_WAIT: Duration = Duration::from_secs(3);
-const WATCH_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-const MAX_WATCHERS: usize = 64;
 
 pub(super) struct StateFiles {
     dir: PathBuf,
@@ -234,8 +230,8 @@ pub fn etcd_key(s: &ServiceInfo) -> String {
     isthmus_catalog_view::service_key(&s.namespace, &s.name)
 }
 
-/// Mirrors the merged catalog into etcd after every change (debounced); releases the prefix
-/// on shutdown.
+/// Mirrors the merged catalog and our [`isthmus_catalog_view::GatewayInfo`] into etcd after
+/// every change (debounced); releases the prefix on shutdown.
 pub(super) async fn publish_loop(shared: Arc<Shared>, target: EtcdTarget) {
     let owner = format!("{}/{}", shared.config.cluster, shared.mesh_addr);
     let mut publisher = match EtcdPublisher::connect(
@@ -258,12 +254,20 @@ pub(super) async fn publish_loop(shared: Arc<Shared>, target: EtcdTarget) {
         if dirty {
             tokio::time::sleep(DEBOUNCE).await;
             rx.borrow_and_update();
-            let entries: BTreeMap<String, Vec<u8>> = shared
+            let mut entries: BTreeMap<String, Vec<u8>> = shared
                 .services()
                 .iter()
                 .filter_map(|s| Some((etcd_key(s), serde_json::to_vec(s).ok()?)))
                 .collect();
             let n = entries.len();
+            let gateway = isthmus_catalog_view::GatewayInfo {
+                schema: isthmus_catalog_view::SCHEMA_VERSION,
+                cluster: shared.config.cluster.to_string(),
+                routes: shared.routes(),
+            };
+            if let Ok(json) = serde_json::to_vec(&gateway) {
+                entries.insert(isthmus_catalog_view::GATEWAY_KEY.to_string(), json);
+            }
             let publish = publisher.publish(entries);
             tokio::select! {
                 r = publish => match r {
@@ -293,68 +297,4 @@ pub(super) async fn publish_loop(shared: Arc<Shared>, target: EtcdTarget) {
     if let Err(e) = publisher.release().await {
         tracing::warn!(error = %e, "releasing the etcd prefix failed");
     }
-}
-
-fn watch_line(shared: &Shared, revision: u64) -> Vec<u8> {
-    let line = isthmus_catalog_view::WatchLine {
-        schema: isthmus_catalog_view::SCHEMA_VERSION,
-        revision,
-        cluster: shared.config.cluster.to_string(),
-        services: shared.services(),
-        routes: Vec::new(),
-    };
-    let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
-    bytes.push(b'\n');
-    bytes
-}
-
-/// Serves the watch socket: every client gets the merged catalog as one JSON line at once and
-/// one more line after every change.
-pub(super) async fn serve_watch(
-    path: &Path,
-    shared: Arc<Shared>,
-) -> anyhow::Result<crate::admin::unix_socket::ServedSocket> {
-    let (listener, file) =
-        crate::admin::unix_socket::bind_owner_only(path, "catalog watch socket").await?;
-    tracing::info!(path = %path.display(), "catalog watch socket listening");
-    let task = tokio::spawn(async move {
-        let mut clients = JoinSet::new();
-        loop {
-            while clients.try_join_next().is_some() {}
-            let stream = match listener.accept().await {
-                Ok((s, _)) => s,
-                Err(error) => {
-                    tracing::warn!(%error, "watch socket accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            if clients.len() >= MAX_WATCHERS {
-                drop(stream);
-                continue;
-            }
-            let shared = shared.clone();
-            clients.spawn(async move {
-                let (_read, mut write) = stream.into_split();
-                let mut rx = shared.revision.subscribe();
-                loop {
-                    let revision = *rx.borrow_and_update();
-                    let line = watch_line(&shared, revision);
-                    match tokio::time::timeout(WATCH_WRITE_TIMEOUT, write.write_all(&line)).await {
-                        Ok(Ok(())) => {}
-                        _ => return,
-                    }
-                    if rx.changed().await.is_err() {
-                        return;
-                    }
-                    // Coalesce bursts into one line.
-                    let since = Instant::now();
-                    while since.elapsed() < DEBOUNCE / 2 {
-                        tokio::time::sleep(DEBOUNCE / 4).await;
-                    }
-                }
-            });
-        }
-    });
-    Ok(crate::admin::unix_socket::ServedSocket::new(task, file))
 }

@@ -197,6 +197,25 @@ pub(crate) struct Merged {
     pub refused: Vec<(String, IpNet, String)>,
 }
 
+impl Merged {
+    /// The prefixes this gateway carries into the tunnel, which the cluster's other nodes route
+    /// via the gateway node: every applied peer's allowed IPs and our own mesh addresses as host
+    /// prefixes (nodes reach the clusterset DNS there). Sorted, without duplicates, and without
+    /// default routes, which the gateway does not route through the tunnel either.
+    pub fn carried_routes(&self, mesh_addrs: &[IpAddr]) -> Vec<IpNet> {
+        let all: Vec<IpNet> = self
+            .peers
+            .iter()
+            .flat_map(|p| p.allowed_ips.iter().map(IpNet::trunc))
+            .chain(mesh_addrs.iter().copied().map(host))
+            .collect();
+        let (mut routes, _) = crate::netlink::routable(&all);
+        routes.sort();
+        routes.dedup();
+        routes
+    }
+}
+
 /// Who holds a prefix.
 struct Claims(Vec<(IpNet, String)>);
 
@@ -526,6 +545,48 @@ mod tests {
         );
         assert_eq!(m.peers.len(), 1);
         assert_eq!(find(&m, 2).allowed_ips, vec![net("100.96.0.2/32")]);
+    }
+
+    #[test]
+    fn carried_routes_are_every_applied_prefix_and_our_mesh_hosts() {
+        let m = merge(
+            &[net("10.1.0.0/16"), net("100.96.0.1/32")],
+            &[PeerConfig {
+                name: None,
+                public_key: key(9),
+                preshared_key: None,
+                endpoint: None,
+                allowed_ips: vec![net("10.9.0.0/16"), net("0.0.0.0/0")],
+                persistent_keepalive: None,
+            }],
+            &[],
+            vec![joined("c2", 2, Some("100.96.0.2"), &[])],
+            learned(vec![
+                member("c2", 2, "100.96.0.2", &["10.2.0.0/16"]),
+                member("c3", 3, "100.96.0.3", &["10.3.0.0/16", "fd00:3::/64"]),
+            ]),
+        );
+        let mesh: Vec<IpAddr> = vec!["100.96.0.1".parse().unwrap(), "fd00::1".parse().unwrap()];
+        let routes: Vec<String> = m
+            .carried_routes(&mesh)
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(
+            routes,
+            [
+                "10.2.0.0/16",
+                "10.3.0.0/16",
+                "10.9.0.0/16",
+                "100.96.0.1/32",
+                "100.96.0.2/32",
+                "100.96.0.3/32",
+                "fd00::1/128",
+                "fd00:3::/64",
+            ]
+        );
+        // Our own prefixes are not carried into the tunnel.
+        assert!(!routes.contains(&"10.1.0.0/16".to_string()));
     }
 
     #[test]
