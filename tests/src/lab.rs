@@ -14,6 +14,7 @@ use crate::config::{self, GatewayConfig, KeyPair};
 use crate::netns;
 use crate::owner;
 use crate::plan::{self, LabId};
+use crate::pods::PodRecord;
 use crate::process::ChildGuard;
 
 /// Name of the WAN bridge in the WAN namespace.
@@ -34,6 +35,7 @@ pub struct LabBuilder {
     prefix: String,
     bin_dir: Option<PathBuf>,
     mtu: Option<u32>,
+    node_default_route: bool,
 }
 
 impl Default for LabBuilder {
@@ -43,6 +45,7 @@ impl Default for LabBuilder {
             prefix: plan::DEFAULT_PREFIX.to_owned(),
             bin_dir: None,
             mtu: None,
+            node_default_route: true,
         }
     }
 }
@@ -75,6 +78,14 @@ impl LabBuilder {
         self
     }
 
+    /// Whether each node gets its default route via its gateway (default true). Without it a
+    /// node reaches only its gateway's LAN and its own pods; routes to other clusters are for
+    /// the test (or the route agent it runs) to install. See [`plan`].
+    pub fn node_default_route(mut self, on: bool) -> Self {
+        self.node_default_route = on;
+        self
+    }
+
     /// Builds the lab. Needs root; fails (never skips) without it. Sweeps labs of dead runs with
     /// the same prefix first, once per process.
     pub fn build(self) -> Result<Lab> {
@@ -94,6 +105,7 @@ impl LabBuilder {
             prefix: self.prefix,
             clusters: self.clusters,
             mtu: self.mtu,
+            node_default_route: self.node_default_route,
             dir,
             owner_file,
             bin_dir,
@@ -103,6 +115,9 @@ impl LabBuilder {
             spawned: AtomicUsize::new(0),
             configs: Mutex::new(BTreeMap::new()),
             gateways: Mutex::new(BTreeMap::new()),
+            pods: Mutex::new(Vec::new()),
+            apps: Mutex::new(BTreeMap::new()),
+            agents: Mutex::new(BTreeMap::new()),
         };
         // From here on an error drops `lab`, which removes whatever was built so far.
         for (i, key) in (1..).zip(&lab.keys) {
@@ -126,6 +141,7 @@ pub struct Lab {
     prefix: String,
     clusters: usize,
     mtu: Option<u32>,
+    node_default_route: bool,
     dir: TempDir,
     owner_file: PathBuf,
     pub(crate) bin_dir: PathBuf,
@@ -138,6 +154,12 @@ pub struct Lab {
     pub(crate) configs: Mutex<BTreeMap<usize, GatewayConfig>>,
     /// Latest gateway process of each cluster, running or exited (its logs stay readable).
     pub(crate) gateways: Mutex<BTreeMap<usize, ChildGuard>>,
+    /// Every pod, in creation order: the address plan's allocator.
+    pub(crate) pods: Mutex<Vec<PodRecord>>,
+    /// Test applications by the name they were started under, running or exited.
+    pub(crate) apps: Mutex<BTreeMap<String, ChildGuard>>,
+    /// Route agents by name (see [`crate::agent`]).
+    pub(crate) agents: Mutex<BTreeMap<String, ChildGuard>>,
 }
 
 impl std::fmt::Debug for Lab {
@@ -175,6 +197,11 @@ impl Lab {
 
     pub fn bin_dir(&self) -> &Path {
         &self.bin_dir
+    }
+
+    /// Whether nodes were built with a default route via their gateway.
+    pub fn node_default_route(&self) -> bool {
+        self.node_default_route
     }
 
     pub fn wan_ns(&self) -> String {
@@ -240,13 +267,13 @@ impl Lab {
         format!("{n:03}-{name}")
     }
 
-    fn create_ns(&self, ns: &str) -> Result<()> {
+    pub(crate) fn create_ns(&self, ns: &str) -> Result<()> {
         // Registered before creation: if `ip netns add` half-succeeds, teardown still tries.
         lock(&self.namespaces).push(ns.to_owned());
         netns::add_namespace(ns)
     }
 
-    fn link(&self, a_ns: &str, a: &str, b_ns: &str, b: &str) -> Result<()> {
+    pub(crate) fn link(&self, a_ns: &str, a: &str, b_ns: &str, b: &str) -> Result<()> {
         netns::add_veth(a_ns, a, b_ns, b)?;
         if let Some(mtu) = self.mtu {
             netns::set_mtu(a_ns, a, mtu)?;
@@ -294,10 +321,13 @@ impl Lab {
         netns::add_addr(&pod, ETH_IF, &plan::with_prefix(plan::pod_addr(i)))?;
 
         netns::add_route(&gw, &plan::pod_subnet(i), &plan::node_addr(i).to_string())?;
-        netns::add_route(&node, "default", &plan::gw_lan_addr(i).to_string())?;
+        if self.node_default_route {
+            netns::add_route(&node, "default", &plan::gw_lan_addr(i).to_string())?;
+        }
         netns::add_route(&pod, "default", &plan::node_pod_addr(i).to_string())?;
         netns::sysctl(&gw, "net.ipv4.ip_forward", "1")?;
         netns::sysctl(&node, "net.ipv4.ip_forward", "1")?;
+        lock(&self.pods).push(PodRecord::first(self, i));
         Ok(())
     }
 
@@ -314,6 +344,10 @@ impl Drop for Lab {
         // Processes go first: a namespace that still holds a process outlives `ip netns delete`
         // with its interfaces and sockets. Dropping a guard kills it (and dumps its logs if a
         // test is panicking).
+        let agents = std::mem::take(&mut *lock(&self.agents));
+        drop(agents);
+        let apps = std::mem::take(&mut *lock(&self.apps));
+        drop(apps);
         let gateways = std::mem::take(&mut *lock(&self.gateways));
         drop(gateways);
         let namespaces = std::mem::take(&mut *lock(&self.namespaces));

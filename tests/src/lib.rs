@@ -10,6 +10,12 @@
 //!  default via 10.i.1.1   default via 10.i.0.1        10.i.1.0/24 via 10.i.0.2
 //! ```
 //!
+//! On demand: further pods on a node ([`Lab::add_pod`], Calico-style /32s behind `pod1`,
+//! `pod2`, …), a pod on the gateway node ([`Lab::add_gateway_pod`], behind `gpod0`), extra
+//! addresses in a pod ([`Lab::add_pod_addr`]), and nodes without their default route
+//! ([`LabBuilder::node_default_route`]). The test application `isthmus-lab-app` serves and
+//! probes TCP and UDP in any namespace ([`app`]).
+//!
 //! Gateway and node forward IPv4. Nothing routes between clusters until gateways run:
 //! [`Lab::start_gateway`] starts the real `isthmus-gateway` with a config from
 //! [`Lab::gateway_config`], and [`Lab::tunctl`] queries it. Addresses come from [`plan`].
@@ -24,6 +30,8 @@
 //! - A run killed before `Drop` leaves its lab behind; the next build with the same prefix (or
 //!   [`Lab::sweep_stale`]) removes labs whose owner process is gone.
 
+pub mod agent;
+pub mod app;
 mod config;
 pub mod control;
 mod gateway;
@@ -32,10 +40,12 @@ pub mod netns;
 mod ops;
 mod owner;
 pub mod plan;
+mod pods;
 mod process;
 
 use std::time::{Duration, Instant};
 
+pub use app::{Probe, ProbeReport, Serve, APP_BIN};
 pub use config::{
     key_path, AdminConfig, GatewayConfig, InterfaceConfig, KeyPair, PeerConfig,
     PERSISTENT_KEEPALIVE, TUNNEL_MTU,

@@ -139,6 +139,21 @@ pub fn add_route(ns: &str, dest: &str, via: &str) -> Result<()> {
     ip(ns, &["route", "replace", dest, "via", via]).map(drop)
 }
 
+/// `ip route replace DEST dev DEV scope link`: `dest` is directly on the link.
+pub fn add_link_route(ns: &str, dest: &str, dev: &str) -> Result<()> {
+    ip(ns, &["route", "replace", dest, "dev", dev, "scope", "link"]).map(drop)
+}
+
+/// `ip route replace DEST via VIA dev DEV onlink`: `via` is on the link though no subnet of
+/// `dev` covers it (how Calico gives a pod with a /32 its default route).
+pub fn add_onlink_route(ns: &str, dest: &str, via: &str, dev: &str) -> Result<()> {
+    ip(
+        ns,
+        &["route", "replace", dest, "via", via, "dev", dev, "onlink"],
+    )
+    .map(drop)
+}
+
 /// Sets an `net.*` sysctl inside `ns` (they are per namespace).
 pub fn sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
     run(ns, &["sysctl", "-qw", &format!("{key}={value}")]).map(drop)

@@ -6,9 +6,24 @@
 //! |---|---|
 //! | WAN namespace, bridge `br0`, ports `c{i}` | `ID-wan`, 10.255.0.0/24 |
 //! | gateway namespace | `ID-c{i}-gw`: `wan0` 10.255.0.{10+i}/24, `lan0` 10.{i}.0.1/24 |
-//! | node namespace | `ID-c{i}-node`: `eth0` 10.{i}.0.2/24, `pod0` 10.{i}.1.1/24 |
+//! | node namespace | `ID-c{i}-node`: `eth0` 10.{i}.0.2/24, `pod0` 10.{i}.1.1/24; default via 10.{i}.0.1 (unless built without it) |
 //! | pod namespace | `ID-c{i}-pod`: `eth0` 10.{i}.1.2/24 |
+//! | further pods (`Lab::add_pod`) | `ID-c{i}-{suffix}`: `eth0` 10.{i}.1.{2+n}/32, node side `pod{n}` 10.{i}.1.1/32, n = 1, 2, … |
+//! | pod on the gateway node (`Lab::add_gateway_pod`) | `ID-c{i}-gwpod`: `eth0` 10.{i}.2.2/24, gateway side `gpod0` 10.{i}.2.1/24 |
 //! | gateway TUN / mesh address | `ID-{i}` / 100.96.0.{i} |
+//!
+//! Further pods are wired the way Calico wires them: the pod has a /32 and a default route
+//! `via 10.{i}.1.1 dev eth0 onlink`; the node has a /32 route to each pod address through the
+//! pod's veth and owns 10.{i}.1.1 on every pod veth, so it answers the pod's ARP. The node
+//! answers ARP on `pod0` for the other pods' addresses (proxy ARP), since the first pod still
+//! sees 10.{i}.1.0/24 as on-link. Every node-side pod veth matches [`NODE_POD_IF_PATTERN`].
+//! Extra addresses a test gives a pod (`Lab::add_pod_addr`, e.g. [`pod_extra_addr`]) get a /32
+//! route on the node (or gateway) too.
+//!
+//! Built with `LabBuilder::node_default_route(false)`, a node has no default route: it reaches
+//! its gateway's LAN and its own pods, and nothing else until something (the route agent)
+//! installs routes to the remote clusters' prefixes via [`gw_lan_addr`]. Packets from another
+//! cluster still arrive at its pods, but their replies have no route back.
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -27,6 +42,21 @@ const MAX_PREFIX_LEN: usize = 4;
 pub const PREFIX_LEN: u8 = 24;
 /// UDP port every gateway listens on.
 pub const LISTEN_PORT: u16 = 51820;
+/// Most pods per node, the first one included: pod `n` is 10.i.1.{2+n}, below the range of
+/// [`pod_extra_addr`].
+pub const MAX_PODS_PER_NODE: usize = 126;
+/// Most addresses [`pod_extra_addr`] hands out per cluster: 10.i.1.128 ..= 10.i.1.254.
+pub const MAX_POD_EXTRA_ADDRS: usize = 127;
+/// A glob matching the node side of every pod veth (`pod0`, `pod1`, …).
+pub const NODE_POD_IF_PATTERN: &str = "pod*";
+/// Gateway side of the veth to the gateway node's pod.
+pub const GW_POD_IF: &str = "gpod0";
+/// Namespace suffix of the pod on cluster `i`'s gateway node: `ID-c{i}-gwpod`.
+pub const GW_POD_SUFFIX: &str = "gwpod";
+/// Longest pod namespace suffix.
+const MAX_POD_SUFFIX_LEN: usize = 16;
+/// Suffixes the lab itself uses for a cluster's namespaces.
+const RESERVED_POD_SUFFIXES: [&str; 4] = ["gw", "node", "pod", GW_POD_SUFFIX];
 
 /// A lab's unique id: a short prefix of lowercase letters and 5 lowercase hex digits.
 ///
@@ -98,6 +128,16 @@ impl LabId {
 
     pub fn pod_ns(&self, i: usize) -> String {
         format!("{self}-c{}-pod", check_cluster(i))
+    }
+
+    /// Namespace `ID-c{i}-{suffix}` of a further pod of cluster `i` (see [`check_pod_suffix`]).
+    pub fn cluster_ns(&self, i: usize, suffix: &str) -> String {
+        format!("{self}-c{}-{suffix}", check_cluster(i))
+    }
+
+    /// Namespace of the pod on cluster `i`'s gateway node.
+    pub fn gw_pod_ns(&self, i: usize) -> String {
+        self.cluster_ns(i, GW_POD_SUFFIX)
     }
 
     /// Namespace for something a test adds, e.g. a reference WireGuard peer.
@@ -184,6 +224,75 @@ pub fn pod_subnet(i: usize) -> String {
     format!("10.{}.1.0/{PREFIX_LEN}", octet(i))
 }
 
+/// Node side of the veth to pod `n` of a node: `pod{n}` (`pod0` is [`crate::NODE_POD_IF`]).
+pub fn node_pod_if(n: usize) -> String {
+    format!("pod{n}")
+}
+
+/// Address of pod `n` on cluster `i`'s node: 10.i.1.{2+n}; pod 0 is [`pod_addr`].
+pub fn nth_pod_addr(i: usize, n: usize) -> Ipv4Addr {
+    assert!(
+        n < MAX_PODS_PER_NODE,
+        "pod {n} outside 0..{MAX_PODS_PER_NODE}"
+    );
+    let host = u8::try_from(2 + n).expect("MAX_PODS_PER_NODE keeps the octet small");
+    Ipv4Addr::new(10, octet(i), 1, host)
+}
+
+/// The `k`th address for a test to add to some pod of cluster `i` (a second backend):
+/// 10.i.1.{128+k}, above every [`nth_pod_addr`].
+pub fn pod_extra_addr(i: usize, k: usize) -> Ipv4Addr {
+    assert!(
+        k < MAX_POD_EXTRA_ADDRS,
+        "extra pod address {k} outside 0..{MAX_POD_EXTRA_ADDRS}"
+    );
+    let host = u8::try_from(128 + k).expect("MAX_POD_EXTRA_ADDRS keeps the octet small");
+    Ipv4Addr::new(10, octet(i), 1, host)
+}
+
+/// Gateway `gpod0` address of cluster `i`: the gateway pod's default gateway.
+pub fn gw_pod_gateway_addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, octet(i), 2, 1)
+}
+
+/// Address of the pod on cluster `i`'s gateway node.
+pub fn gw_pod_addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, octet(i), 2, 2)
+}
+
+/// Subnet between cluster `i`'s gateway and the pod on its node.
+pub fn gw_pod_subnet(i: usize) -> String {
+    format!("10.{}.2.0/{PREFIX_LEN}", octet(i))
+}
+
+/// Whether `addr` may be given to a pod in the /24 of `subnet` (any address of it, e.g. the
+/// pod's gateway 10.i.1.1): inside it, and neither the network, the broadcast nor the `.1`
+/// the node or gateway owns.
+pub fn is_pod_host_in(subnet: Ipv4Addr, addr: Ipv4Addr) -> bool {
+    let (s, a) = (subnet.octets(), addr.octets());
+    s[..3] == a[..3] && (2..=254).contains(&a[3])
+}
+
+/// Checks a namespace suffix for a further pod: 1–16 of `a-z`, `0-9`, `-`, starting with a
+/// letter, and not one the lab uses itself (`gw`, `node`, `pod`, `gwpod`).
+pub fn check_pod_suffix(suffix: &str) -> anyhow::Result<()> {
+    let ok = (1..=MAX_POD_SUFFIX_LEN).contains(&suffix.len())
+        && suffix.starts_with(|c: char| c.is_ascii_lowercase())
+        && suffix
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    anyhow::ensure!(
+        ok,
+        "pod name {suffix:?} must be 1 to {MAX_POD_SUFFIX_LEN} of a-z, 0-9 and '-', starting \
+         with a letter"
+    );
+    anyhow::ensure!(
+        !RESERVED_POD_SUFFIXES.contains(&suffix),
+        "pod name {suffix:?} is one the lab uses itself ({RESERVED_POD_SUFFIXES:?})"
+    );
+    Ok(())
+}
+
 /// Everything cluster `i` owns; what the other gateways route into the tunnel to it.
 pub fn cluster_cidr(i: usize) -> String {
     format!("10.{}.0.0/16", octet(i))
@@ -197,6 +306,11 @@ pub fn mesh_addr(i: usize) -> Ipv4Addr {
 /// `addr/24`, the form `ip addr add` takes.
 pub fn with_prefix(addr: Ipv4Addr) -> String {
     format!("{addr}/{PREFIX_LEN}")
+}
+
+/// `addr/32`, a host address or route.
+pub fn host(addr: Ipv4Addr) -> String {
+    format!("{addr}/32")
 }
 
 #[cfg(test)]
@@ -283,6 +397,103 @@ mod tests {
         assert_eq!(cluster_cidr(3), "10.3.0.0/16");
         assert_eq!(mesh_addr(3), Ipv4Addr::new(100, 96, 0, 3));
         assert_eq!(with_prefix(pod_addr(1)), "10.1.1.2/24");
+    }
+
+    #[test]
+    fn further_pods_follow_the_plan() {
+        let id = LabId::parse("i", "i0a1b2").unwrap();
+        assert_eq!(id.cluster_ns(2, "b"), "i0a1b2-c2-b");
+        assert_eq!(id.gw_pod_ns(3), "i0a1b2-c3-gwpod");
+        for ns in [id.cluster_ns(2, "b"), id.gw_pod_ns(1)] {
+            assert_eq!(LabId::of_namespace("i", &ns), Some(id.clone()), "{ns}");
+        }
+        assert_eq!(nth_pod_addr(2, 0), pod_addr(2));
+        assert_eq!(nth_pod_addr(2, 1), Ipv4Addr::new(10, 2, 1, 3));
+        assert_eq!(
+            nth_pod_addr(2, MAX_PODS_PER_NODE - 1),
+            Ipv4Addr::new(10, 2, 1, 127)
+        );
+        assert_eq!(pod_extra_addr(2, 0), Ipv4Addr::new(10, 2, 1, 128));
+        assert_eq!(
+            pod_extra_addr(2, MAX_POD_EXTRA_ADDRS - 1),
+            Ipv4Addr::new(10, 2, 1, 254)
+        );
+        assert_eq!(node_pod_if(0), crate::NODE_POD_IF);
+        assert_eq!(node_pod_if(12), "pod12");
+        assert_eq!(gw_pod_gateway_addr(4), Ipv4Addr::new(10, 4, 2, 1));
+        assert_eq!(gw_pod_addr(4), Ipv4Addr::new(10, 4, 2, 2));
+        assert_eq!(gw_pod_subnet(4), "10.4.2.0/24");
+        assert_eq!(host(gw_pod_addr(4)), "10.4.2.2/32");
+        assert!(GW_POD_IF.len() <= 15);
+    }
+
+    #[test]
+    fn every_pod_veth_matches_the_pattern_and_nothing_else_does() {
+        let prefix = NODE_POD_IF_PATTERN.strip_suffix('*').unwrap();
+        for n in [0, 1, 9, MAX_PODS_PER_NODE - 1] {
+            let name = node_pod_if(n);
+            assert!(name.starts_with(prefix) && name.len() <= 15, "{name}");
+        }
+        for other in [crate::ETH_IF, crate::GW_LAN_IF, crate::GW_WAN_IF, GW_POD_IF] {
+            assert!(
+                !other.starts_with(prefix),
+                "{other} matches {NODE_POD_IF_PATTERN}"
+            );
+        }
+    }
+
+    #[test]
+    fn pod_address_ranges_do_not_overlap_and_stay_in_the_subnet() {
+        let pods: std::collections::HashSet<_> =
+            (0..MAX_PODS_PER_NODE).map(|n| nth_pod_addr(7, n)).collect();
+        let extra: std::collections::HashSet<_> = (0..MAX_POD_EXTRA_ADDRS)
+            .map(|k| pod_extra_addr(7, k))
+            .collect();
+        assert_eq!(pods.len() + extra.len(), 253);
+        assert!(pods.is_disjoint(&extra));
+        let subnet = Ipv4Addr::new(10, 7, 1, 0);
+        assert!(pods
+            .iter()
+            .chain(&extra)
+            .all(|&a| is_pod_host_in(subnet, a)));
+        for bad in [
+            Ipv4Addr::new(10, 7, 1, 0),
+            node_pod_addr(7),
+            Ipv4Addr::new(10, 7, 1, 255),
+            Ipv4Addr::new(10, 7, 2, 5),
+            Ipv4Addr::new(10, 8, 1, 5),
+        ] {
+            assert!(!is_pod_host_in(subnet, bad), "{bad} accepted");
+        }
+        assert!(is_pod_host_in(Ipv4Addr::new(10, 7, 2, 0), gw_pod_addr(7)));
+    }
+
+    #[test]
+    fn pod_suffixes_are_checked() {
+        for ok in ["b", "pod2", "backend-2", "a234567890123456"] {
+            check_pod_suffix(ok).unwrap_or_else(|e| panic!("{ok}: {e:#}"));
+        }
+        for bad in [
+            "",
+            "2b",
+            "-b",
+            "B",
+            "a_b",
+            "a.b",
+            "a2345678901234567",
+            "gw",
+            "node",
+            "pod",
+            "gwpod",
+        ] {
+            assert!(check_pod_suffix(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "pod 126 outside")]
+    fn too_many_pods_is_a_bug() {
+        let _ = nth_pod_addr(1, MAX_PODS_PER_NODE);
     }
 
     #[test]

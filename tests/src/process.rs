@@ -84,13 +84,39 @@ impl ChildGuard {
     /// Starts `cmd` inside namespace `ns`, in a process group of its own so that a Ctrl-C on
     /// the terminal reaches only the lab, which then tears down in order.
     pub fn spawn(ns: &str, name: &str, cmd: &Command, log_dir: &Path) -> Result<ChildGuard> {
+        ChildGuard::spawn_wrapped(name, in_namespace(ns, cmd), log_dir)
+    }
+
+    /// Like [`ChildGuard::spawn`], but entering only the network namespace (`nsenter --net`):
+    /// `ip netns exec` also remounts `/sys`, which hides the cgroup mounts under it.
+    pub fn spawn_net_only(
+        ns: &str,
+        name: &str,
+        cmd: &Command,
+        log_dir: &Path,
+    ) -> Result<ChildGuard> {
+        let mut wrapped = Command::new("nsenter");
+        wrapped
+            .arg(format!("--net=/run/netns/{ns}"))
+            .arg("--")
+            .arg(cmd.get_program())
+            .args(cmd.get_args());
+        for (key, value) in cmd.get_envs() {
+            match value {
+                Some(v) => wrapped.env(key, v),
+                None => wrapped.env_remove(key),
+            };
+        }
+        ChildGuard::spawn_wrapped(name, wrapped, log_dir)
+    }
+
+    fn spawn_wrapped(name: &str, mut wrapped: Command, log_dir: &Path) -> Result<ChildGuard> {
         let stdout_path = log_dir.join(format!("{name}.stdout"));
         let stderr_path = log_dir.join(format!("{name}.stderr"));
         let stdout = File::create(&stdout_path)
             .with_context(|| format!("failed to create {}", stdout_path.display()))?;
         let stderr = File::create(&stderr_path)
             .with_context(|| format!("failed to create {}", stderr_path.display()))?;
-        let mut wrapped = in_namespace(ns, cmd);
         wrapped
             .stdin(Stdio::null())
             .stdout(stdout)
