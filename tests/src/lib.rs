@@ -42,6 +42,7 @@ mod owner;
 pub mod plan;
 mod pods;
 mod process;
+pub mod vip;
 
 use std::time::{Duration, Instant};
 
