@@ -341,6 +341,17 @@ impl Lab {
         seed: impl Fn(usize) -> usize,
         ttl: Option<u64>,
     ) -> Result<()> {
+        self.write_seeded_configs_with(svids, seed, ttl, |_, _| {})
+    }
+
+    /// [`Lab::write_seeded_configs`], then `tweak(i, &mut config_table)` on each.
+    pub fn write_seeded_configs_with(
+        &self,
+        svids: &[PathBuf],
+        seed: impl Fn(usize) -> usize,
+        ttl: Option<u64>,
+        mut tweak: impl FnMut(usize, &mut toml::Table),
+    ) -> Result<()> {
         self.write_control_configs(svids, |i, extra| {
             let s = seed(i);
             assert_ne!(s, i, "a gateway is not its own seed");
@@ -366,6 +377,7 @@ impl Lab {
                 members.insert("ttl".into(), i64::try_from(ttl).unwrap_or(i64::MAX).into());
             }
             extra.insert("members".into(), toml::Value::Table(members));
+            tweak(i, extra);
         })
     }
 

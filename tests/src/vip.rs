@@ -120,6 +120,39 @@ pub fn node_network(i: usize) -> String {
     format!("{a}.{b}.{c}.0/24")
 }
 
+/// Adds the TCP watch listener (`lan0:`[`WATCH_PORT`], readable by the node network) to
+/// cluster `i`'s `[control]`.
+pub fn add_watch_listener(i: usize, extra: &mut toml::Table) {
+    let Some(toml::Value::Table(control)) = extra.get_mut("control") else {
+        return;
+    };
+    control.insert(
+        "watch_listen".into(),
+        format!("{}:{WATCH_PORT}", plan::gw_lan_addr(i)).into(),
+    );
+    control.insert(
+        "watch_allow".into(),
+        toml::Value::Array(vec![node_network(i).into()]),
+    );
+}
+
+/// Starts cluster `i`'s agents: on the node (TCP watch stream, `pod*`, routes via the gateway
+/// when `routes`) and on the gateway node (Unix watch socket, `gpod*`).
+pub fn start_agents(lab: &Lab, i: usize, routes: bool) -> Result<()> {
+    let mut spec = AgentSpec::new(AgentSource::Tcp(SocketAddr::from((
+        plan::gw_lan_addr(i),
+        WATCH_PORT,
+    ))))
+    .interfaces(&[plan::NODE_POD_IF_PATTERN]);
+    if routes {
+        spec = spec.gateway(plan::gw_lan_addr(i));
+    }
+    lab.start_agent(&lab.node_ns(i), &node_agent(i), &spec)?;
+    let spec =
+        AgentSpec::new(AgentSource::Unix(watch_socket(lab, i))).interfaces(&[plan::GW_POD_IF]);
+    lab.start_agent(&lab.gw_ns(i), &gw_agent(i), &spec)
+}
+
 /// The agent on cluster `i`'s node.
 pub fn node_agent(i: usize) -> String {
     format!("node{i}")
@@ -181,18 +214,9 @@ fn build(lab: &Lab, options: &VipLabOptions) -> Result<()> {
     let svids = lab.issue_gateway_svids()?;
     let down_after = options.down_after;
     lab.write_control_configs(&svids, |i, extra| {
-        let Some(toml::Value::Table(control)) = extra.get_mut("control") else {
-            return;
-        };
-        control.insert(
-            "watch_listen".into(),
-            format!("{}:{WATCH_PORT}", plan::gw_lan_addr(i)).into(),
-        );
-        control.insert(
-            "watch_allow".into(),
-            toml::Value::Array(vec![node_network(i).into()]),
-        );
-        if let Some(d) = down_after {
+        add_watch_listener(i, extra);
+        if let (Some(d), Some(toml::Value::Table(control))) = (down_after, extra.get_mut("control"))
+        {
             control.insert("down_after".into(), d.into());
         }
     })?;
@@ -202,23 +226,17 @@ fn build(lab: &Lab, options: &VipLabOptions) -> Result<()> {
     }
     wait_synced(lab, "start");
 
-    for i in 1..=3 {
-        if options.all_agents || i == 1 {
-            let mut spec = AgentSpec::new(AgentSource::Tcp(SocketAddr::from((
-                plan::gw_lan_addr(i),
-                WATCH_PORT,
-            ))))
-            .interfaces(&[plan::NODE_POD_IF_PATTERN]);
-            if options.all_agents {
-                spec = spec.gateway(plan::gw_lan_addr(i));
-            }
-            lab.start_agent(&lab.node_ns(i), &node_agent(i), &spec)?;
+    if options.all_agents {
+        for i in 1..=3 {
+            start_agents(lab, i, true)?;
         }
-        if options.all_agents {
-            let spec = AgentSpec::new(AgentSource::Unix(watch_socket(lab, i)))
-                .interfaces(&[plan::GW_POD_IF]);
-            lab.start_agent(&lab.gw_ns(i), &gw_agent(i), &spec)?;
-        }
+    } else {
+        let spec = AgentSpec::new(AgentSource::Tcp(SocketAddr::from((
+            plan::gw_lan_addr(1),
+            WATCH_PORT,
+        ))))
+        .interfaces(&[plan::NODE_POD_IF_PATTERN]);
+        lab.start_agent(&lab.node_ns(1), &node_agent(1), &spec)?;
     }
     let agents: Vec<String> = (1..=3)
         .flat_map(|i| [node_agent(i), gw_agent(i)])

@@ -4,9 +4,12 @@
 //!
 //! By default (`--keys identity`) the gateways are the whole product: SVIDs from `tunctl pki`,
 //! each gateway given only one seed (c1's is c2, every other's is c1) and learning the rest
-//! from signed member records, with the control plane on; cluster 2 exports a demo service
-//! that cluster 1's DNS must answer. `--keys static` runs the plain WireGuard full mesh.
+//! from signed member records, with the control plane on; cluster 2 exports a headless demo
+//! service that cluster 1's DNS must answer and `demo/api`, whose clusterset VIP must carry a
+//! connection from cluster 1's pod to c2's server through the route agents that run on every
+//! node and gateway node. `--keys static` runs the plain WireGuard full mesh.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -15,11 +18,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use isthmus_lab::control::{exports_toml, fqdn};
-use isthmus_lab::{plan, wait_for, Lab, GATEWAY_BIN, TUNCTL_BIN};
+use isthmus_lab::{plan, vip, wait_for, Lab, Probe, Serve, GATEWAY_BIN, TUNCTL_BIN};
 
 /// How long every pod pair gets to start answering once all gateways are up: the first
 /// packet of a pair waits for a WireGuard handshake.
 const PING_DEADLINE: Duration = Duration::from_secs(10);
+/// The port of demo/api, the service c2 exports with a clusterset VIP.
+const API_PORT: u16 = 7000;
 
 #[derive(Parser)]
 #[command(name = "isthmus-lab", about = "Namespace lab for Isthmus gateways")]
@@ -118,9 +123,23 @@ fn run(clusters: usize, keep: bool, keys: Keys) -> Result<bool> {
         let svids = lab.issue_gateway_svids().context("failed to issue SVIDs")?;
         lab.write_exports(
             2,
-            &exports_toml(&[("demo/echo", true, &[plan::pod_addr(2)])]),
+            &exports_toml(&[
+                ("demo/echo", true, &[plan::pod_addr(2)]),
+                ("demo/api", false, &[plan::pod_addr(2)]),
+            ]),
         )?;
-        lab.write_seeded_configs(&svids, |i| if i == 1 { 2 } else { 1 }, None)?;
+        // c2's pod serves demo/api: it answers every connection with its cluster's name.
+        lab.start_server(
+            &lab.pod_ns(2),
+            "c2-api",
+            &Serve::new("c2").both(SocketAddr::from((plan::pod_addr(2), API_PORT))),
+        )?;
+        lab.write_seeded_configs_with(
+            &svids,
+            |i| if i == 1 { 2 } else { 1 },
+            None,
+            vip::add_watch_listener,
+        )?;
         println!("SVIDs issued; each gateway is given one seed (c1: c2, others: c1)");
     }
     for i in 1..=clusters {
@@ -140,6 +159,7 @@ fn run(clusters: usize, keep: bool, keys: Keys) -> Result<bool> {
     let mut pings_ok = results.iter().all(|r| r.ok);
     if keys == Keys::Identity {
         pings_ok &= check_control(&lab, clusters)?;
+        pings_ok &= check_vip(&lab, clusters)?;
     }
 
     println!("\ntunctl peers (cluster 1):");
@@ -158,6 +178,7 @@ fn run(clusters: usize, keep: bool, keys: Keys) -> Result<bool> {
     if !ok {
         eprintln!("\nsome checks failed; gateway logs follow");
         lab.dump_gateway_logs();
+        lab.dump_agent_logs();
     }
     if keep {
         println!("\nlab kept up; namespaces:");
@@ -220,6 +241,66 @@ fn check_control(lab: &Lab, clusters: usize) -> Result<bool> {
         Err(e) => println!("tunctl failed: {e:#}"),
     }
     Ok(meshed && answered)
+}
+
+/// Route agents on every node and gateway node; a connection from c1's pod to demo/api, which
+/// c2 exports, through its clusterset VIP. Prints the backends that answered and the agent's
+/// status on c1's node.
+fn check_vip(lab: &Lab, clusters: usize) -> Result<bool> {
+    for i in 1..=clusters {
+        check_interrupted()?;
+        vip::start_agents(lab, i, true)
+            .with_context(|| format!("failed to start the route agents of cluster {i}"))?;
+    }
+    let node1 = vip::node_agent(1);
+    let (programmed, _) = lab.wait_agent(&node1, PING_DEADLINE, |s| {
+        s.services
+            .iter()
+            .any(|x| x.name == "api" && !x.backends.is_empty())
+    });
+    println!(
+        "\nroute agents: running on {clusters} nodes and {clusters} gateway nodes; demo/api {}",
+        if programmed {
+            "programmed"
+        } else {
+            "NOT PROGRAMMED"
+        }
+    );
+    let vip = match lab.dig(&lab.pod_ns(1), 1, &fqdn("demo/api"), "A") {
+        Ok(a) => a.first().and_then(|v| v.parse::<std::net::Ipv4Addr>().ok()),
+        Err(e) => {
+            println!("dns: {e:#}");
+            None
+        }
+    };
+    let Some(vip) = vip else {
+        println!("dns: {} from c1's pod -> NO ANSWER", fqdn("demo/api"));
+        return Ok(false);
+    };
+    println!(
+        "dns: {} from c1's pod -> {vip} (clusterset VIP)",
+        fqdn("demo/api")
+    );
+    let target = SocketAddr::from((vip, API_PORT));
+    let report = lab.probe(&lab.pod_ns(1), &Probe::tcp(target).count(5))?;
+    for a in &report.attempts {
+        match (&a.answer, &a.error) {
+            (Some(answer), _) => println!(
+                "vip: c1's pod -> {target}: answered by {answer} in {:.1} ms",
+                a.latency_us.unwrap_or(0) as f64 / 1000.0
+            ),
+            (None, e) => println!(
+                "vip: c1's pod -> {target}: FAILED {}",
+                e.as_deref().unwrap_or("")
+            ),
+        }
+    }
+    println!("\nisthmus-route-agent status (c1's node):");
+    match lab.agent_status_text(&node1) {
+        Ok(t) => print!("{t}"),
+        Err(e) => println!("status failed: {e:#}"),
+    }
+    Ok(programmed && report.summary.ok == 5 && report.count("c2") == 5)
 }
 
 fn check_interrupted() -> Result<()> {
