@@ -166,30 +166,17 @@ pub fn gw_agent(i: usize) -> String {
 /// Builds the lab described in the module docs and waits until every agent has programmed
 /// every service with a VIP. Panics with the logs otherwise: for tests.
 pub fn vip_lab(options: &VipLabOptions) -> Lab {
-    match try_vip_lab(options) {
-        Ok(lab) => lab,
-        Err((lab, e)) => {
-            if let Some(lab) = lab {
-                lab.dump_gateway_logs();
-                lab.dump_agent_logs();
-            }
-            panic!("building the VIP lab: {e:#}")
-        }
-    }
-}
-
-type Failed = (Option<Lab>, anyhow::Error);
-
-fn try_vip_lab(options: &VipLabOptions) -> std::result::Result<Lab, Failed> {
     let lab = Lab::builder()
         .clusters(3)
         .node_default_route(!options.all_agents)
         .build()
-        .map_err(|e| (None, e))?;
-    match build(&lab, options) {
-        Ok(()) => Ok(lab),
-        Err(e) => Err((Some(lab), e)),
+        .unwrap_or_else(|e| panic!("building the VIP lab: {e:#}"));
+    if let Err(e) = build(&lab, options) {
+        lab.dump_gateway_logs();
+        lab.dump_agent_logs();
+        panic!("building the VIP lab: {e:#}");
     }
+    lab
 }
 
 fn build(lab: &Lab, options: &VipLabOptions) -> Result<()> {
