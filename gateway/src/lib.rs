@@ -5,6 +5,8 @@
 //! metrics), `netlink` the kernel link/address/route programming, `daemon` the process shell,
 //! `control` the control plane (catalog sync through the tunnel, health, DNS, catalog store).
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod config;
 pub mod control;

@@ -1,5 +1,7 @@
 //! `isthmus-gateway`: the Isthmus tunnel gateway daemon.
 
+#![forbid(unsafe_code)]
+
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use isthmus_gateway::config::Config;

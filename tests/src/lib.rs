@@ -30,6 +30,8 @@
 //! - A run killed before `Drop` leaves its lab behind; the next build with the same prefix (or
 //!   [`Lab::sweep_stale`]) removes labs whose owner process is gone.
 
+#![forbid(unsafe_code)]
+
 pub mod agent;
 pub mod app;
 mod config;

@@ -49,7 +49,11 @@ fn checks(lab: &Lab) {
     let target = SocketAddr::from((vip, VIP_PORT));
     let warm = lab.probe(&client, &Probe::tcp(target).count(20)).unwrap();
     assert_eq!(warm.summary.ok, 20);
-    assert!(warm.count("c2") > 0 && warm.count("c3") > 0, "{:?}", warm.summary.by_name);
+    assert!(
+        warm.count("c2") > 0 && warm.count("c3") > 0,
+        "{:?}",
+        warm.summary.by_name
+    );
 
     lab.start_probe(
         &client,
@@ -69,17 +73,23 @@ fn checks(lab: &Lab) {
         .expect("the failover probe");
 
     let kill_ms = unix_ms(killed_at).saturating_sub(report.summary.start_unix_ms);
-    let before: Vec<_> = report.attempts.iter().filter(|a| a.start_ms < kill_ms).collect();
+    let before: Vec<_> = report
+        .attempts
+        .iter()
+        .filter(|a| a.start_ms < kill_ms)
+        .collect();
     assert!(
         before.iter().filter(|a| a.ok).count() >= 20,
         "too few connections before the kill: {}",
         before.len()
     );
     // The last attempt that failed or reached c2 after the kill; every later one reached c3.
-    let after: Vec<_> = report.attempts.iter().filter(|a| a.start_ms >= kill_ms).collect();
-    let last_bad = after
+    let after: Vec<_> = report
+        .attempts
         .iter()
-        .rposition(|a| !a.ok || a.name() != Some("c3"));
+        .filter(|a| a.start_ms >= kill_ms)
+        .collect();
+    let last_bad = after.iter().rposition(|a| !a.ok || a.name() != Some("c3"));
     let settled = last_bad.map_or(0, |k| k + 1);
     assert!(
         settled < after.len(),
@@ -88,7 +98,10 @@ fn checks(lab: &Lab) {
     );
     let failover = Duration::from_millis(after[settled].start_ms.saturating_sub(kill_ms));
     let failed = after[..settled].iter().filter(|a| !a.ok).count();
-    let to_c2 = after[..settled].iter().filter(|a| a.name() == Some("c2")).count();
+    let to_c2 = after[..settled]
+        .iter()
+        .filter(|a| a.name() == Some("c2"))
+        .count();
     eprintln!(
         "failover: every connection opened {} ms after c2's gateway was killed reached c3 \
          (stated: {} ms, down_after {DOWN_AFTER} s); in between {failed} failed and {to_c2} \
@@ -129,7 +142,12 @@ fn checks(lab: &Lab) {
     });
     assert!(ok, "c2 did not come back to demo/rr: {last:?}");
     let back = lab.probe(&client, &Probe::tcp(target).count(40)).unwrap();
-    assert_eq!(back.summary.ok, 40, "{:?}", back.failures().take(3).collect::<Vec<_>>());
+    assert_eq!(
+        back.summary.ok,
+        40,
+        "{:?}",
+        back.failures().take(3).collect::<Vec<_>>()
+    );
     assert!(
         back.count("c2") >= 10 && back.count("c3") >= 10,
         "after c2's return: {:?}",

@@ -9,6 +9,8 @@
 //! connection from cluster 1's pod to c2's server through the route agents that run on every
 //! node and gateway node. `--keys static` runs the plain WireGuard full mesh.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};

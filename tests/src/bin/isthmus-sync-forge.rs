@@ -6,6 +6,8 @@
 //! sends a Snapshot claiming CLUSTER's records; `garbage` sends bytes that are no frame.
 //! Prints `closed` when the gateway closed the connection within 5 s, else `open`.
 
+#![forbid(unsafe_code)]
+
 use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;

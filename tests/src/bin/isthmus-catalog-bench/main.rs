@@ -17,6 +17,8 @@
 //! Prints figures, never judges them (see `bench/README.md`). Needs root; the lab is torn down
 //! on every exit, Ctrl-C included.
 
+#![forbid(unsafe_code)]
+
 mod dns;
 mod report;
 

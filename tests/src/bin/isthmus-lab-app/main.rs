@@ -14,6 +14,8 @@
 //! The JSON shapes are `isthmus_lab::app::report`'s types. Bad arguments exit 2 (clap's
 //! message), failures to bind or connect exit 1 with `isthmus-lab-app: <why>` on stderr.
 
+#![forbid(unsafe_code)]
+
 mod probe;
 mod rate;
 mod serve;
