@@ -29,6 +29,21 @@ pub enum WatchEvent {
     },
 }
 
+impl WatchEvent {
+    /// Applies the event to `keys`, the prefix's content as the events so far left it.
+    pub fn apply(self, keys: &mut BTreeMap<String, Vec<u8>>) {
+        match self {
+            WatchEvent::Snapshot(all) => *keys = all,
+            WatchEvent::Put { key, value } => {
+                keys.insert(key, value);
+            }
+            WatchEvent::Delete { key } => {
+                keys.remove(&key);
+            }
+        }
+    }
+}
+
 /// A [`Stream`] of [`WatchEvent`]s for one prefix, fed by a background task.
 ///
 /// Applying the events in order to the first [`WatchEvent::Snapshot`] gives the prefix's

@@ -157,6 +157,15 @@ impl MapState {
             .map(|(_, v)| (v.selection, v.count))
     }
 
+    /// The slot tables some entry names.
+    pub fn referenced_selections(&self) -> BTreeSet<u32> {
+        self.services
+            .values()
+            .filter(|v| v.count > 0)
+            .map(|v| v.selection)
+            .collect()
+    }
+
     fn next_selection_id(&self) -> u32 {
         self.next_selection.max(1)
     }
@@ -226,12 +235,7 @@ pub fn plan(desired: &Desired, state: &MapState, max_service_id: u32) -> Vec<Op>
 
 /// Deletes slot tables no entry names and backends of unclaimed service ids.
 fn orphans(state: &MapState) -> Vec<Op> {
-    let referenced: BTreeSet<u32> = state
-        .services
-        .values()
-        .filter(|v| v.count > 0)
-        .map(|v| v.selection)
-        .collect();
+    let referenced = state.referenced_selections();
     state
         .slots
         .iter()
@@ -456,12 +460,7 @@ pub fn matches(desired: &Desired, state: &MapState) -> Result<(), String> {
     if let Some(extra) = state.services.keys().find(|k| !expected_keys.contains(k)) {
         return Err(format!("stale entry {extra:?}"));
     }
-    let referenced: BTreeSet<u32> = state
-        .services
-        .values()
-        .filter(|v| v.count > 0)
-        .map(|v| v.selection)
-        .collect();
+    let referenced = state.referenced_selections();
     if let Some(extra) = state.slots.keys().find(|s| !referenced.contains(s)) {
         return Err(format!("stale slot table {extra}"));
     }

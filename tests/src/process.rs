@@ -53,16 +53,21 @@ pub fn in_namespace(ns: &str, cmd: &Command) -> Command {
         .args(["netns", "exec", ns])
         .arg(cmd.get_program())
         .args(cmd.get_args());
+    copy_env(cmd, &mut wrapped);
+    if let Some(dir) = cmd.get_current_dir() {
+        wrapped.current_dir(dir);
+    }
+    wrapped
+}
+
+/// Carries `cmd`'s environment changes over to `wrapped`.
+fn copy_env(cmd: &Command, wrapped: &mut Command) {
     for (key, value) in cmd.get_envs() {
         match value {
             Some(v) => wrapped.env(key, v),
             None => wrapped.env_remove(key),
         };
     }
-    if let Some(dir) = cmd.get_current_dir() {
-        wrapped.current_dir(dir);
-    }
-    wrapped
 }
 
 /// A child process that is SIGKILLed (with its process group) and reaped when the guard drops.
@@ -101,12 +106,7 @@ impl ChildGuard {
             .arg("--")
             .arg(cmd.get_program())
             .args(cmd.get_args());
-        for (key, value) in cmd.get_envs() {
-            match value {
-                Some(v) => wrapped.env(key, v),
-                None => wrapped.env_remove(key),
-            };
-        }
+        copy_env(cmd, &mut wrapped);
         ChildGuard::spawn_wrapped(name, wrapped, log_dir)
     }
 

@@ -10,17 +10,8 @@ use std::time::{Duration, Instant};
 
 use isthmus_catalog_view::WatchLine;
 use isthmus_lab::control::{control_lab, exports_toml, fqdn, wait_synced, SYNC_DEADLINE};
+use isthmus_lab::vip::{add_watch_listener, node_network, WATCH_PORT};
 use isthmus_lab::{plan, wait_for, Lab, Signal};
-
-/// Gateway 1's TCP watch listener, on its lan0 address.
-const WATCH_PORT: u16 = 7474;
-
-/// Cluster 1's node network (the gateway's lan0 and the node's eth0), which may read the
-/// stream; the pod network behind the node may not.
-fn node_network() -> String {
-    let [a, b, c, _] = plan::gw_lan_addr(1).octets();
-    format!("{a}.{b}.{c}.0/24")
-}
 
 /// [`control_lab`] with gateway 1 serving the watch stream on `lan0:7474` to its node network.
 fn control_lab_with_watch(n: usize) -> Lab {
@@ -30,20 +21,9 @@ fn control_lab_with_watch(n: usize) -> Lab {
         .unwrap_or_else(|e| panic!("failed to build the lab: {e:#}"));
     let svids = lab.issue_gateway_svids().expect("issuing SVIDs");
     lab.write_control_configs(&svids, |i, extra| {
-        if i != 1 {
-            return;
+        if i == 1 {
+            add_watch_listener(1, extra);
         }
-        let Some(toml::Value::Table(control)) = extra.get_mut("control") else {
-            panic!("no [control] table to add the watch listener to");
-        };
-        control.insert(
-            "watch_listen".into(),
-            format!("{}:{WATCH_PORT}", plan::gw_lan_addr(1)).into(),
-        );
-        control.insert(
-            "watch_allow".into(),
-            toml::Value::Array(vec![node_network().into()]),
-        );
     })
     .expect("writing configs");
     for i in 1..=n {
@@ -169,7 +149,7 @@ fn check_watch_stream(lab: &Lab) {
         Watched::Closed,
         "the pod ({}) is outside watch_allow = [{}]",
         plan::pod_addr(1),
-        node_network()
+        node_network(1)
     );
     assert_eq!(watch_refusals(lab), before + 1, "{}", lab.control_status(1));
 
@@ -177,11 +157,11 @@ fn check_watch_stream(lab: &Lab) {
     // the pod network says a restart is needed and changes nothing yet.
     let path = lab.config_path(1);
     let text = std::fs::read_to_string(&path).unwrap();
-    let allow = format!("\"{}\"]", node_network());
+    let allow = format!("\"{}\"]", node_network(1));
     assert!(text.contains(&allow), "{text}");
     let wider = text.replace(
         &allow,
-        &format!("\"{}\", \"{}\"]", node_network(), plan::pod_subnet(1)),
+        &format!("\"{}\", \"{}\"]", node_network(1), plan::pod_subnet(1)),
     );
     std::fs::write(&path, wider).unwrap();
     let report = lab

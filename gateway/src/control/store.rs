@@ -207,13 +207,7 @@ pub(super) async fn etcd_exports_loop(shared: Arc<Shared>, mut watcher: EtcdWatc
     let mut keys: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     while let Some(item) = watcher.recv().await {
         match item {
-            Ok(WatchEvent::Snapshot(all)) => keys = all,
-            Ok(WatchEvent::Put { key, value }) => {
-                keys.insert(key, value);
-            }
-            Ok(WatchEvent::Delete { key }) => {
-                keys.remove(&key);
-            }
+            Ok(event) => event.apply(&mut keys),
             Err(e) => {
                 tracing::warn!(error = %e, "etcd export watch interrupted; retrying");
                 continue;

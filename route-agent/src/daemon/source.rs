@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use isthmus_catalog_view::{GatewayInfo, ServiceInfo, GATEWAY_KEY, SERVICES_PREFIX};
-use isthmus_etcd_store::{EtcdWatcher, WatchEvent, WatcherOptions};
+use isthmus_etcd_store::{EtcdWatcher, WatcherOptions};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::sync::watch;
 
@@ -165,13 +165,7 @@ async fn etcd_loop(tx: &watch::Sender<SourceState>, endpoints: Vec<String>, pref
     let mut revision = 0u64;
     while let Some(item) = watcher.recv().await {
         match item {
-            Ok(WatchEvent::Snapshot(all)) => keys = all,
-            Ok(WatchEvent::Put { key, value }) => {
-                keys.insert(key, value);
-            }
-            Ok(WatchEvent::Delete { key }) => {
-                keys.remove(&key);
-            }
+            Ok(event) => event.apply(&mut keys),
             Err(e) => {
                 disconnected(tx, format!("etcd: {e}"));
                 continue;
