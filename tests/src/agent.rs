@@ -3,8 +3,9 @@
 //! stopped with a signal. And [`WatchServer`], a stand-in for a gateway's watch socket, for
 //! tests that feed an agent a catalog of their own.
 
-use std::io::Write as _;
-use std::net::{IpAddr, SocketAddr};
+use std::collections::BTreeMap;
+use std::io::{Read as _, Write as _};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
@@ -319,6 +320,86 @@ impl BpfObjects {
     pub fn is_empty(&self) -> bool {
         self.progs.is_empty() && self.maps.is_empty() && self.links.is_empty()
     }
+
+    /// Entries in each of these maps as the kernel holds them, by map name (`bpftool map
+    /// dump`): what the agent really wrote, not its own record of it. Maps that are gone are
+    /// left out.
+    pub fn map_entries(&self) -> Result<BTreeMap<String, usize>> {
+        let mut out = BTreeMap::new();
+        for id in &self.maps {
+            let id = id.to_string();
+            let Ok(show) = crate::netns::checked(
+                Command::new("bpftool").args(["-j", "map", "show", "id", &id]),
+            ) else {
+                continue;
+            };
+            let show: serde_json::Value =
+                serde_json::from_str(&show).with_context(|| format!("bpftool map show: {show}"))?;
+            let name = show["name"].as_str().unwrap_or_default().to_owned();
+            let dump = crate::netns::checked(
+                Command::new("bpftool").args(["-j", "map", "dump", "id", &id]),
+            )?;
+            let dump: serde_json::Value =
+                serde_json::from_str(&dump).with_context(|| format!("bpftool map dump: {dump}"))?;
+            let n = dump
+                .as_array()
+                .with_context(|| format!("bpftool map dump id {id} is not a list"))?
+                .len();
+            out.insert(name, n);
+        }
+        Ok(out)
+    }
+}
+
+/// Runs `f` on a thread that has entered network namespace `ns` (setns(2) on CLONE_NEWNET
+/// moves only the calling thread), for sockets a test opens there itself: an unconnected UDP
+/// socket that reads the source of an answer, an HTTP request to an agent's metrics.
+pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let path = Path::new(crate::netns::NETNS_DIR).join(ns);
+                let file = std::fs::File::open(&path)
+                    .with_context(|| format!("opening {}", path.display()))?;
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .with_context(|| format!("setns into {ns}"))?;
+                f()
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the thread in namespace {ns} panicked"))?
+    })
+}
+
+/// `GET /metrics` from an agent's `--metrics-listen` address `addr` inside namespace `ns`:
+/// the body, after checking for a 200.
+pub fn agent_metrics(ns: &str, addr: SocketAddr) -> Result<String> {
+    in_netns(ns, || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .with_context(|| format!("connecting to {addr} in {ns}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut response = String::new();
+        s.read_to_string(&mut response)?;
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .with_context(|| format!("no HTTP header in {response:?}"))?;
+        anyhow::ensure!(
+            head.starts_with("HTTP/1.1 200"),
+            "GET /metrics: {}",
+            head.lines().next().unwrap_or_default()
+        );
+        Ok(body.to_owned())
+    })
+}
+
+/// The value of the sample `name` (with exactly these `{labels}`, or none) in Prometheus text.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 #[derive(Default)]
