@@ -117,6 +117,7 @@ struct packet {
 	__u64 csum_flags; /* BPF_F_MARK_MANGLED_0 for UDP: a zero checksum stays zero */
 	__u8 v6;
 	__u8 fragment;
+	__u8 syn; /* a TCP SYN without ACK: a connection opening on this tuple */
 };
 
 #define IP4_CSUM_OFF (ETH_HLEN + offsetof(struct iphdr, check))
@@ -127,6 +128,18 @@ struct packet {
 /* Both TCP and UDP carry the source port first, then the destination port. */
 #define L4_SPORT 0
 #define L4_DPORT 2
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_ACK 0x10
+
+/* The start of a TCP header up to its flags byte; UDP's ports are its first 4 bytes. */
+struct l4_head {
+	__be16 sport;
+	__be16 dport;
+	__be32 seq;
+	__be32 ack_seq;
+	__u8 doff;
+	__u8 flags;
+};
 
 static __always_inline void addr_from_v4(struct ist_addr *a, __be32 v4)
 {
@@ -231,10 +244,62 @@ static __always_inline int parse(struct __sk_buff *skb, struct packet *p)
 	p->tuple.proto = proto;
 	if (p->fragment)
 		return 0;
-	if (bpf_skb_load_bytes(skb, p->l4_off + L4_SPORT, &p->tuple.sport, 2) ||
-	    bpf_skb_load_bytes(skb, p->l4_off + L4_DPORT, &p->tuple.dport, 2))
-		return 1;
+	if (proto == IPPROTO_TCP) {
+		struct l4_head h;
+
+		if (bpf_skb_load_bytes(skb, p->l4_off, &h, sizeof(h)))
+			return 1;
+		p->tuple.sport = h.sport;
+		p->tuple.dport = h.dport;
+		p->syn = (h.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+	} else {
+		__be16 ports[2];
+
+		if (bpf_skb_load_bytes(skb, p->l4_off, ports, sizeof(ports)))
+			return 1;
+		p->tuple.sport = ports[0];
+		p->tuple.dport = ports[1];
+	}
 	return 0;
+}
+
+/* The ist_rnat key of replies to p: p's tuple with source and destination swapped. */
+static __always_inline void reply_key(const struct packet *p, const struct ist_addr *be_addr,
+				      __be16 be_port, struct ist_flow_key *reply)
+{
+	reply->src = *be_addr;
+	reply->dst = p->tuple.src;
+	reply->sport = be_port;
+	reply->dport = p->tuple.sport;
+	reply->proto = p->tuple.proto;
+}
+
+/* Whether ist_rnat already translates replies of p's flow from (be_addr, be_port) back. */
+static __always_inline int reply_is(const struct packet *p, const struct ist_addr *be_addr,
+				    __be16 be_port, __u32 service_id)
+{
+	struct ist_flow_key reply = {};
+	struct ist_rnat_value *back;
+
+	reply_key(p, be_addr, be_port, &reply);
+	back = bpf_map_lookup_elem(&ist_rnat, &reply);
+	return back && back->port == p->tuple.dport && back->service_id == service_id &&
+	       back->vip.w[0] == p->tuple.dst.w[0] && back->vip.w[1] == p->tuple.dst.w[1] &&
+	       back->vip.w[2] == p->tuple.dst.w[2] && back->vip.w[3] == p->tuple.dst.w[3];
+}
+
+/* Writes the reply translation of p's flow to (be_addr, be_port); 0 on success. */
+static __always_inline int remember_reply(const struct packet *p, const struct ist_addr *be_addr,
+					  __be16 be_port, __u32 service_id)
+{
+	struct ist_flow_key reply = {};
+	struct ist_rnat_value back = {};
+
+	reply_key(p, be_addr, be_port, &reply);
+	back.vip = p->tuple.dst;
+	back.port = p->tuple.dport;
+	back.service_id = service_id;
+	return bpf_map_update_elem(&ist_rnat, &reply, &back, BPF_ANY) ? -1 : 0;
 }
 
 /* Rewrites the address at addr_off (source or destination) and the port at port_off. */
@@ -282,6 +347,7 @@ static __always_inline enum verdict from_pod(struct __sk_buff *skb)
 {
 	struct packet p = {};
 	struct ist_svc_key key = {};
+	struct ist_vip_value *vip;
 	struct ist_svc_value *svc;
 	struct ist_flow_value *flow;
 	struct ist_backend_value *be = NULL;
@@ -292,11 +358,26 @@ static __always_inline enum verdict from_pod(struct __sk_buff *skb)
 
 	if (parse(skb, &p))
 		return PASS;
-	if (p.fragment) {
-		struct ist_vip_value *vip = bpf_map_lookup_elem(&ist_vips, &p.tuple.dst);
+	/* Most packets are not to a VIP: one lookup tells, before anything else is read. */
+	vip = bpf_map_lookup_elem(&ist_vips, &p.tuple.dst);
+	if (!vip) {
+		/*
+		 * A connection straight to an address that once served this pod through a VIP,
+		 * from the same port: the LRU may still hold that flow's reply entry, which would
+		 * rewrite this connection's replies to the VIP. It is dead (the pod reuses the
+		 * tuple), so forget it.
+		 */
+		if (p.syn) {
+			struct ist_flow_key reply = {};
 
-		if (!vip)
-			return PASS;
+			reply_key(&p, &p.tuple.dst, p.tuple.dport, &reply);
+			/* Looked up first: a delete locks its bucket even when there is nothing. */
+			if (bpf_map_lookup_elem(&ist_rnat, &reply))
+				bpf_map_delete_elem(&ist_rnat, &reply);
+		}
+		return PASS;
+	}
+	if (p.fragment) {
 		count(vip->service_id, IST_FRAGMENT, skb->len);
 		return DROP;
 	}
@@ -305,10 +386,6 @@ static __always_inline enum verdict from_pod(struct __sk_buff *skb)
 	key.proto = p.tuple.proto;
 	svc = bpf_map_lookup_elem(&ist_services, &key);
 	if (!svc) {
-		struct ist_vip_value *vip = bpf_map_lookup_elem(&ist_vips, &p.tuple.dst);
-
-		if (!vip)
-			return PASS;
 		count(vip->service_id, IST_DROP_NO_PORT, skb->len);
 		return DROP;
 	}
@@ -329,8 +406,6 @@ static __always_inline enum verdict from_pod(struct __sk_buff *skb)
 	}
 	if (!be) {
 		struct ist_flow_value fresh = {};
-		struct ist_flow_key reply = {};
-		struct ist_rnat_value back = {};
 
 		be = choose(service_id, selection, slots, &backend_id);
 		if (!be || be->service_id != service_id || addr_is_v4(&be->addr) == p.v6) {
@@ -341,16 +416,8 @@ static __always_inline enum verdict from_pod(struct __sk_buff *skb)
 		fresh.service_id = service_id;
 		be_addr = be->addr;
 		be_port = be->port ? be->port : p.tuple.dport;
-		reply.src = be_addr;
-		reply.dst = p.tuple.src;
-		reply.sport = be_port;
-		reply.dport = p.tuple.sport;
-		reply.proto = p.tuple.proto;
-		back.vip = p.tuple.dst;
-		back.port = p.tuple.dport;
-		back.service_id = service_id;
 		/* The reply entry first: a reply can never beat the packet that causes it. */
-		if (bpf_map_update_elem(&ist_rnat, &reply, &back, BPF_ANY) ||
+		if (remember_reply(&p, &be_addr, be_port, service_id) ||
 		    bpf_map_update_elem(&ist_flows, &p.tuple, &fresh, BPF_ANY)) {
 			count(service_id, IST_DROP_ERROR, skb->len);
 			return DROP;
@@ -359,6 +426,16 @@ static __always_inline enum verdict from_pod(struct __sk_buff *skb)
 	} else {
 		be_addr = be->addr;
 		be_port = be->port ? be->port : p.tuple.dport;
+		/*
+		 * A new connection on the tuple of an old one keeps its backend, but the two LRU
+		 * maps evict independently: the old reply entry may be gone (or have been
+		 * forgotten above). Write it again if so (only then: an LRU update is costly).
+		 */
+		if (p.syn && !reply_is(&p, &be_addr, be_port, service_id) &&
+		    remember_reply(&p, &be_addr, be_port, service_id)) {
+			count(service_id, IST_DROP_ERROR, skb->len);
+			return DROP;
+		}
 	}
 
 	if (rewrite(skb, &p, &p.tuple.dst, &be_addr, IP4_DST_OFF, IP6_DST_OFF, p.tuple.dport,
