@@ -18,6 +18,8 @@
 //! Prints figures, never judges them beyond stating whether the bar holds (see
 //! `bench/README.md`). Needs root; the lab is torn down on every exit, Ctrl-C included.
 
+#![forbid(unsafe_code)]
+
 mod agent_bench;
 mod feed;
 mod report;
