@@ -29,6 +29,8 @@ pub const AGENT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum AgentSource {
     Unix(PathBuf),
     Tcp(SocketAddr),
+    /// The etcd store a gateway mirrors into: endpoint URL and key prefix.
+    Etcd(String, String),
 }
 
 /// The command line of one agent.
@@ -86,6 +88,10 @@ impl AgentSpec {
             AgentSource::Tcp(a) => {
                 args.push("--watch-addr".into());
                 args.push(a.to_string());
+            }
+            AgentSource::Etcd(endpoint, prefix) => {
+                args.extend(["--etcd".into(), endpoint.clone()]);
+                args.extend(["--etcd-prefix".into(), prefix.clone()]);
             }
         }
         if !self.interfaces.is_empty() {

@@ -6,6 +6,7 @@
 use std::process::Command;
 use std::time::Duration;
 
+use isthmus_lab::agent::{AgentSource, AgentSpec};
 use isthmus_lab::control::{fqdn, wait_synced};
 use isthmus_lab::{plan, wait_for, Lab};
 
@@ -101,7 +102,10 @@ fn etcd_exports_and_store_follow_changes() {
     .expect("writing configs");
     lab.write_exports(
         2,
-        &isthmus_lab::control::exports_toml(&[("demo/two", true, &[plan::pod_addr(2)])]),
+        &isthmus_lab::control::exports_toml(&[
+            ("demo/two", true, &[plan::pod_addr(2)]),
+            ("demo/api", false, &[plan::pod_addr(2)]),
+        ]),
     )
     .unwrap();
     for i in 1..=2 {
@@ -111,7 +115,11 @@ fn etcd_exports_and_store_follow_changes() {
     wait_synced(&lab, "start");
 
     // The merged catalog (both clusters) appears under the store prefix.
-    let want = vec!["demo/from-etcd".to_owned(), "demo/two".to_owned()];
+    let want = vec![
+        "demo/api".to_owned(),
+        "demo/from-etcd".to_owned(),
+        "demo/two".to_owned(),
+    ];
     let mirrored = wait_for(|| stored(&lab) == want, Duration::from_secs(10));
     if !mirrored {
         lab.dump_gateway_logs();
@@ -154,6 +162,31 @@ fn etcd_exports_and_store_follow_changes() {
         );
     }
 
+    // A route agent following the store (rather than the watch stream) programs the service
+    // with a VIP, backed by c2's pod, and knows the gateway's cluster from its record.
+    let agent = "etcd";
+    lab.start_agent(
+        &lab.gw_ns(1),
+        agent,
+        &AgentSpec::new(AgentSource::Etcd(CLIENT.to_owned(), STORE.to_owned())).sockets(false),
+    )
+    .unwrap_or_else(|e| panic!("starting the agent: {e:#}"));
+    let backend = plan::pod_addr(2).to_string();
+    let (ok, last) = lab.wait_agent(agent, Duration::from_secs(10), |s| {
+        s.cluster == "c1"
+            && s.services.len() == 1
+            && s.services[0].name == "api"
+            && s.services[0]
+                .backends
+                .iter()
+                .map(|b| &b.address)
+                .eq([&backend])
+    });
+    assert!(
+        ok,
+        "the etcd-following agent did not program demo/api: {last:?}"
+    );
+
     // Cluster 2 resolves what cluster 1 exported through etcd.
     let answer = vec![plan::pod_addr(1).to_string()];
     assert!(
@@ -184,4 +217,7 @@ fn etcd_exports_and_store_follow_changes() {
         "after the changes the store prefix holds {:?}, want {want:?}",
         stored(&lab)
     );
+    // The agent follows: demo/api is gone from the store, so from its maps.
+    let (ok, last) = lab.wait_agent(agent, Duration::from_secs(10), |s| s.services.is_empty());
+    assert!(ok, "the agent still programs a withdrawn service: {last:?}");
 }
