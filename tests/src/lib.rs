@@ -64,6 +64,17 @@ pub use process::{send_signal, ChildGuard, Signal};
 /// How often [`wait_for`] re-evaluates its condition.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
+/// Logs of a lab binary to stderr, filtered by `ISTHMUS_LOG` (default `warn`).
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ISTHMUS_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 /// Polls `cond` every 100 ms until it holds (true) or `timeout` passes (false). `cond` is
 /// always evaluated at least once, and once more at the deadline.
 pub fn wait_for(mut cond: impl FnMut() -> bool, timeout: Duration) -> bool {

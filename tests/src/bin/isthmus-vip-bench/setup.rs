@@ -279,7 +279,7 @@ impl Bench {
     }
 
     /// Packets translated by the agent's programs, by reason, over every service.
-    pub fn agent_totals(&self) -> Result<BTreeMap<String, u64>> {
+    pub fn agent_totals(&self) -> Result<Totals> {
         Ok(self.status()?.totals)
     }
 
@@ -306,28 +306,12 @@ impl Bench {
                 }
             }
             let after = self.agent_totals()?;
-            let delta = |k: &str| {
-                after
-                    .get(k)
-                    .copied()
-                    .unwrap_or(0)
-                    .saturating_sub(before.get(k).copied().unwrap_or(0))
-            };
-            check.new_flows = delta("new_flow");
+            check.new_flows = delta(&before, &after, "new_flow");
             check.conntrack_added = self.conntrack_count()?.saturating_sub(entries);
             if path == Path::Iptables {
                 check.dnat = self.dnat_packets()?;
             }
-            let drops: u64 = after
-                .keys()
-                .filter(|k| k.starts_with("drop"))
-                .map(|k| delta(k))
-                .sum();
-            anyhow::ensure!(
-                drops == 0,
-                "{}: the programs dropped {drops} packets",
-                path.name()
-            );
+            ensure_no_drops(path, &before, &after)?;
             anyhow::ensure!(
                 self.backends
                     .iter()
@@ -345,7 +329,7 @@ impl Bench {
                 );
             } else {
                 anyhow::ensure!(
-                    delta("forward") == 0,
+                    delta(&before, &after, "forward") == 0,
                     "{}: the programs translated packets of a path that is not theirs",
                     path.name()
                 );
@@ -494,4 +478,31 @@ fn kube_proxy_rules(backends: &[Backend; 2]) -> String {
                   conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n\
                   COMMIT\n";
     format!("{filter}{nat}")
+}
+
+/// The agent's packet counters by reason.
+pub type Totals = BTreeMap<String, u64>;
+
+/// How much counter `k` grew from `before` to `after`.
+pub fn delta(before: &Totals, after: &Totals, k: &str) -> u64 {
+    after
+        .get(k)
+        .copied()
+        .unwrap_or(0)
+        .saturating_sub(before.get(k).copied().unwrap_or(0))
+}
+
+/// Fails if the programs dropped anything between the two readings.
+pub fn ensure_no_drops(path: Path, before: &Totals, after: &Totals) -> Result<()> {
+    let drops: u64 = after
+        .keys()
+        .filter(|k| k.starts_with("drop"))
+        .map(|k| delta(before, after, k))
+        .sum();
+    anyhow::ensure!(
+        drops == 0,
+        "{}: the programs dropped {drops} packets",
+        path.name()
+    );
+    Ok(())
 }

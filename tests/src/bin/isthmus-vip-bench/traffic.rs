@@ -11,7 +11,8 @@ use isthmus_lab::app::RateReport;
 use isthmus_lab::Probe;
 
 use crate::setup::{
-    Bench, CLUSTER_IP_IPERF, CLUSTER_IP_WEB, IPERF_PORT, VIP_IPERF, VIP_WEB, WEB_PORT,
+    delta, ensure_no_drops, Bench, CLUSTER_IP_IPERF, CLUSTER_IP_WEB, IPERF_PORT, VIP_IPERF,
+    VIP_WEB, WEB_PORT,
 };
 use crate::{check_interrupted, Cli};
 
@@ -215,24 +216,8 @@ fn slice(
     let (totals0, ct0) = (bench.agent_totals()?, bench.conntrack_count()?);
     measure(bench, runs)?;
     let (totals1, ct1) = (bench.agent_totals()?, bench.conntrack_count()?);
-    let delta = |k: &str| {
-        totals1
-            .get(k)
-            .copied()
-            .unwrap_or(0)
-            .saturating_sub(totals0.get(k).copied().unwrap_or(0))
-    };
-    let forward = delta("forward");
-    let drops: u64 = totals1
-        .keys()
-        .filter(|k| k.starts_with("drop"))
-        .map(|k| delta(k))
-        .sum();
-    anyhow::ensure!(
-        drops == 0,
-        "{}: the programs dropped {drops} packets",
-        path.name()
-    );
+    let forward = delta(&totals0, &totals1, "forward");
+    ensure_no_drops(path, &totals0, &totals1)?;
     anyhow::ensure!(
         path.ebpf() == (forward > 0),
         "{}: the programs translated {forward} packets (counters {totals0:?} before, \
