@@ -64,7 +64,7 @@ pub use codec::{decode, decode_frame, encode, DecodeError, FrameDecoder, PROTOCO
 pub use error::{Error, Violation};
 pub use health::{ClusterHealth, HealthConfig, Liveness};
 pub use merged::{Applied, Event, MergedCatalog, Refused, Unchanged};
-pub use message::{Change, Delta, Hello, OpaqueMember, SyncMessage};
+pub use message::{Change, Delta, DigestEntry, Hello, MembersDigest, OpaqueMember, SyncMessage};
 pub use model::{Endpoint, Policy, Protocol, ServiceExport, ServicePort, DEFAULT_WEIGHT};
 pub use names::{ClusterName, ServiceName, MAX_LABEL_LEN};
 pub use origin::{LocalCatalog, OriginState, Watermark};

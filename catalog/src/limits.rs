@@ -20,6 +20,8 @@ pub const MAX_CHANGES: usize = 2 * MAX_SERVICES;
 pub const MAX_ZONE_LEN: usize = 63;
 /// Membership records in one `Members` message.
 pub const MAX_MEMBERS: usize = 1024;
+/// Longest identity in a members digest (the SPIFFE limit on a URI).
+pub const MAX_DIGEST_ID_LEN: usize = 2048;
 /// Longest opaque membership record.
 pub const MAX_MEMBER_RECORD_LEN: usize = 4096;
 /// Certificates in a member's chain.

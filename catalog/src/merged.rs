@@ -77,6 +77,8 @@ pub enum Applied {
     Reply(Box<SyncMessage>),
     /// Membership records for the gateway to verify.
     Members(Vec<OpaqueMember>),
+    /// A membership digest for the gateway to answer.
+    MembersDigest(crate::message::MembersDigest),
     /// The sender said Bye; its endpoints are withdrawn now.
     Left,
 }
@@ -223,6 +225,7 @@ impl MergedCatalog {
         if sender == self.local.cluster() {
             return match msg {
                 SyncMessage::Members(members) => Ok(Applied::Members(members)),
+                SyncMessage::MembersDigest(d) => Ok(Applied::MembersDigest(d)),
                 _ => Err(Refused::OwnCluster),
             };
         }
@@ -247,6 +250,7 @@ impl MergedCatalog {
                 _ => Err(Refused::Gap),
             },
             SyncMessage::Members(members) => Ok(Applied::Members(members)),
+            SyncMessage::MembersDigest(d) => Ok(Applied::MembersDigest(d)),
             SyncMessage::Bye => {
                 let mut transitions = Vec::new();
                 if let Some(remote) = self.remotes.get_mut(sender) {

@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Bad, Error, Value};
 use crate::limits::{
-    MAX_CERT_LEN, MAX_CHAIN_CERTS, MAX_CHANGES, MAX_MEMBERS, MAX_MEMBER_RECORD_LEN,
-    MAX_SIGNATURE_LEN,
+    MAX_CERT_LEN, MAX_CHAIN_CERTS, MAX_CHANGES, MAX_DIGEST_ID_LEN, MAX_MEMBERS,
+    MAX_MEMBER_RECORD_LEN, MAX_SIGNATURE_LEN,
 };
 use crate::model::ServiceExport;
 use crate::names::{ClusterName, ServiceName};
@@ -40,6 +40,30 @@ pub enum SyncMessage {
     Members(Vec<OpaqueMember>),
     /// The sender is going away on purpose.
     Bye,
+    /// Which membership records the sender holds (see [`MembersDigest`]).
+    MembersDigest(MembersDigest),
+}
+
+/// Which membership records the sender holds: per identity, the highest generation. The
+/// receiver answers with a `Members` message of the records the sender lacks or holds older
+/// and, when `reply` is set and the sender holds something newer, with its own digest (with
+/// `reply` unset, so two digests never answer each other forever). Sent when a session opens
+/// and now and then to one peer (anti-entropy), so records cross a session once, not on every
+/// change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembersDigest {
+    pub reply: bool,
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, { MAX_MEMBERS }>")]
+    pub entries: Vec<DigestEntry>,
+}
+
+/// One identity's record in a [`MembersDigest`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DigestEntry {
+    /// The SPIFFE ID, as UTF-8 bytes.
+    #[serde(deserialize_with = "crate::bounded::bytes::<_, { MAX_DIGEST_ID_LEN }>")]
+    pub id: Vec<u8>,
+    pub generation: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -189,6 +213,7 @@ impl SyncMessage {
             SyncMessage::SnapshotRequest => "snapshot_request",
             SyncMessage::Members(_) => "members",
             SyncMessage::Bye => "bye",
+            SyncMessage::MembersDigest(_) => "members_digest",
         }
     }
 
@@ -226,6 +251,17 @@ impl SyncMessage {
                 }
                 for (i, m) in members.iter().enumerate() {
                     m.check().map_err(|bad| bad.at(i))?;
+                }
+                Ok(())
+            }
+            SyncMessage::MembersDigest(d) => {
+                if d.entries.len() > MAX_MEMBERS {
+                    let reason = "more than 1024 members";
+                    return Err(Bad::new("entries", len(d.entries.len()), reason));
+                }
+                if let Some(e) = d.entries.iter().find(|e| e.id.len() > MAX_DIGEST_ID_LEN) {
+                    let reason = "identity longer than 2048 bytes";
+                    return Err(Bad::new("entries[].id", len(e.id.len()), reason));
                 }
                 Ok(())
             }

@@ -158,8 +158,9 @@ fn header_errors() {
     frame.push(0);
     assert_eq!(decode_frame(&frame), Err(DecodeError::TrailingBytes(1)));
     assert_eq!(decode(&frame[4..]), Err(DecodeError::TrailingBytes(1)));
+    // Variant 7 is MembersDigest, the last one.
     assert_eq!(
-        decode(&body(1, &[7])),
+        decode(&body(1, &[8])),
         Err(DecodeError::Malformed(
             "unknown variant, invalid name, duplicate service or too many elements"
         ))
@@ -360,5 +361,41 @@ fn snapshot_size_per_endpoint() {
         (9_000..10_100).contains(&frame.len()),
         "{} bytes",
         frame.len()
+    );
+}
+
+#[test]
+fn a_members_digest_round_trips_and_its_limits_are_named() {
+    use isthmus_catalog::{DigestEntry, MembersDigest};
+    let entry = |id: &str, generation| DigestEntry {
+        id: id.as_bytes().to_vec(),
+        generation,
+    };
+    let msg = SyncMessage::MembersDigest(MembersDigest {
+        reply: true,
+        entries: vec![
+            entry("spiffe://isthmus.local/cluster/c1/gateway/gw", 1_900_000_000_000),
+            entry("spiffe://isthmus.local/cluster/c2/gateway/gw", 7),
+        ],
+    });
+    let frame = encode(&msg).unwrap();
+    assert_eq!(decode_frame(&frame), Ok(msg.clone()));
+    assert_eq!(msg.kind(), "members_digest");
+    msg.validate().unwrap();
+    let too_many = SyncMessage::MembersDigest(MembersDigest {
+        reply: false,
+        entries: vec![entry("x", 1); 1025],
+    });
+    assert_eq!(
+        too_many.validate().unwrap_err().to_string(),
+        "members_digest: entries = 1025: more than 1024 members"
+    );
+    let too_long = SyncMessage::MembersDigest(MembersDigest {
+        reply: false,
+        entries: vec![entry(&"a".repeat(2049), 1)],
+    });
+    assert_eq!(
+        too_long.validate().unwrap_err().to_string(),
+        "members_digest: entries[].id = 2049: identity longer than 2048 bytes"
     );
 }

@@ -13,7 +13,7 @@ pub use control::{
     DEFAULT_CONTROL_PORT, DEFAULT_VIP_RANGE,
 };
 pub use identity::{Expected, IdentityConfig, IdentityPeerConfig, DEFAULT_JOIN_PORT};
-pub use members::{overlaps, MembersConfig, DEFAULT_MEMBER_KEEPALIVE};
+pub use members::{overlaps, MembersConfig, TableConfig, DEFAULT_MEMBER_KEEPALIVE};
 
 use crate::keys::{PrivateKey, PublicKey};
 use ipnet::IpNet;

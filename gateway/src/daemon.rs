@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::dataplane::io::{self, Udp};
 use crate::dataplane::Engine;
 use crate::keys::PrivateKey;
+use crate::mesh::{Directory, Inbound, Input, Mesh};
 use crate::netlink::{routable, LinkControl, Netlink};
 use anyhow::Context as _;
 use ipnet::IpNet;
@@ -17,14 +18,17 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::signal::unix::{signal, SignalKind};
 
 mod joins;
-pub(crate) mod mesh;
+mod rows;
 
 /// What the admin interfaces read: the engine plus the configuration in force.
 pub struct DaemonState {
     pub engine: Arc<Engine>,
     config: RwLock<Config>,
-    /// Peers by identity and their join state.
-    pub(crate) membership: parking_lot::Mutex<crate::membership::Membership>,
+    /// The peer set's one owner. Every change goes through [`DaemonState::apply`] while this
+    /// lock is held, so the engine, the directory and the routes always follow one state.
+    pub(crate) mesh: parking_lot::Mutex<Mesh>,
+    /// The sync peers, published to the control plane after every apply.
+    directory: Directory,
     started: Instant,
     offloads: BTreeMap<String, bool>,
     listen_port: u16,
@@ -35,10 +39,6 @@ pub struct DaemonState {
     reloads: tokio::sync::mpsc::Sender<ReloadReply>,
     /// The control plane, once started (`[control]`).
     control: std::sync::OnceLock<Arc<crate::control::Shared>>,
-    /// Mesh membership by signed records (`[members]`).
-    pub(crate) mesh: Option<Arc<mesh::MeshMembers>>,
-    /// The peer set last applied, with the mesh peers and refusals that came with it.
-    pub(crate) merged: parking_lot::Mutex<mesh::Merged>,
     /// The applied peers changed: the main loop reconciles the kernel routes.
     routes_dirty: tokio::sync::Notify,
 }
@@ -48,27 +48,21 @@ type ReloadReply = tokio::sync::oneshot::Sender<Result<ReloadReport, String>>;
 /// How long a rotation waits for peers to learn the new key before switching anyway.
 const ROTATION_SWITCH_DEADLINE: Duration = Duration::from_secs(10);
 
+/// Membership messages from the control plane waiting for the mesh.
+const MESH_INBOX: usize = 4096;
+
 impl AdminSource for DaemonState {
     fn peers(&self) -> Vec<PeerInfo> {
         let now = SystemTime::now();
-        let mut rows: Vec<PeerInfo> = self
+        let engine_rows: Vec<PeerInfo> = self
             .engine
             .peers()
             .list
             .iter()
             .map(|p| p.info(now))
             .collect();
-        self.membership.lock().annotate(&mut rows, now);
-        for (key, id, not_after) in &self.merged.lock().members {
-            if let Some(row) = rows.iter_mut().find(|r| r.public_key == key.to_base64()) {
-                if row.spiffe_id.is_none() {
-                    row.spiffe_id = Some(id.as_str().to_string());
-                    row.svid_expires_unix_ms = Some(crate::members::unix_ms(*not_after));
-                }
-                row.verified = true;
-            }
-        }
-        rows
+        let identities = self.mesh.lock().identities();
+        rows::peer_rows(engine_rows, identities, now)
     }
 
     fn status(&self) -> InterfaceStatus {
@@ -105,13 +99,9 @@ impl AdminSource for DaemonState {
 
     fn control(&self) -> Option<crate::admin::proto::ControlStatus> {
         let mut status = self.control.get()?.status();
-        if let Some(mesh) = &self.mesh {
-            status.members = mesh
-                .peers(SystemTime::now())
-                .iter()
-                .map(|m| m.spiffe_id.as_str().to_string())
-                .collect();
-            for (rule, n) in mesh.refused() {
+        if let Some((members, refused)) = self.mesh.lock().members_status(SystemTime::now()) {
+            status.members = members.iter().map(|m| m.as_str().to_string()).collect();
+            for (rule, n) in refused {
                 status.refusals.insert(format!("member_{rule}"), n);
             }
         }
@@ -137,61 +127,45 @@ impl AdminSource for DaemonState {
 }
 
 impl DaemonState {
-    /// Hands the engine every keyed peer: configured keys, peers joined by identity and, with
-    /// `[members]`, members learned from records (see [`mesh::merge`]); hands the control plane
-    /// the prefixes now carried into the tunnel (for the watch stream and the etcd store); then
-    /// has the main loop reconcile the kernel routes.
-    pub(crate) fn apply_peers(&self) -> crate::dataplane::PeerDiff {
-        let now = SystemTime::now();
-        let (configured, own, mesh_addrs, keepalive) = {
-            let cfg = self.config.read();
-            let mesh_addrs: Vec<std::net::IpAddr> =
-                cfg.interface.addresses.iter().map(|a| a.addr()).collect();
-            let mut own: Vec<IpNet> = mesh_addrs.iter().copied().map(IpNet::from).collect();
-            if let Some(m) = &cfg.members {
-                own.extend(m.prefixes.iter().copied());
+    /// The one apply path: hands the engine the peer set the mesh wants at `now` (and the
+    /// retiring keys), the control plane its sync peers, the routes carried into the tunnel and
+    /// the member digest, and has the main loop reconcile the kernel routes. Called with the
+    /// mesh lock held, so two changes never interleave.
+    pub(crate) fn apply(&self, mesh: &mut Mesh, now: SystemTime) -> crate::dataplane::PeerDiff {
+        let merged = mesh.desired(now);
+        let diff = self
+            .engine
+            .apply_peer_set(&merged.peers, &mesh.retiring(now));
+        self.directory.publish(&merged.mesh);
+        if let Some(control) = self.control.get() {
+            control.set_routes(merged.carried_routes(mesh.mesh_addrs()));
+            control.set_members_digest(mesh.digest());
+        }
+        let refused = mesh.set_applied(merged);
+        if !refused.is_empty() {
+            for (who, net, holder) in &refused {
+                tracing::debug!(peer = %who, prefix = %net, held_by = %holder, "prefix not given to a learned peer: another peer holds it");
             }
-            (
-                cfg.peers.clone(),
-                own,
-                mesh_addrs,
-                cfg.members.as_ref().and_then(|m| m.persistent_keepalive),
-            )
-        };
-        let (slots, joined, retiring) = {
-            let m = self.membership.lock();
-            let slots: Vec<_> = m.slots.iter().map(|s| s.config.clone()).collect();
-            (slots, m.joined_slots(now), m.retiring_peers(now))
-        };
-        let learned = self.mesh.as_ref().map(|m| mesh::Learned {
-            members: m.peers(now),
-            keepalive,
-        });
-        let merged = mesh::merge(&own, &configured, &slots, joined, learned);
-        let diff = self.engine.apply_peer_set(&merged.peers, &retiring);
-        {
-            let mut last = self.merged.lock();
-            for r in &merged.refused {
-                if !last.refused.contains(r) {
-                    let (who, net, holder) = r;
-                    tracing::warn!(peer = %who, prefix = %net, held_by = %holder, "prefix not given to a learned peer: another peer holds it");
-                }
-            }
-            *last = merged;
-            // Under the lock, so that of two applies racing, the control plane ends with the
-            // routes of the one stored last.
-            if let Some(control) = self.control.get() {
-                control.set_routes(last.carried_routes(&mesh_addrs));
-            }
+            tracing::warn!(
+                prefixes = refused.len(),
+                "prefixes not given to learned peers: other peers hold them (tunctl peers shows which)"
+            );
         }
         self.routes_dirty.notify_one();
         diff
     }
 
+    /// [`DaemonState::apply`] now, taking the mesh lock.
+    pub(crate) fn apply_peers(&self) -> crate::dataplane::PeerDiff {
+        let mut mesh = self.mesh.lock();
+        self.apply(&mut mesh, SystemTime::now())
+    }
+
     /// Every prefix routed to a peer right now (learned ones included).
     fn applied_prefixes(&self) -> Vec<IpNet> {
-        self.merged
+        self.mesh
             .lock()
+            .applied()
             .peers
             .iter()
             .flat_map(|p| p.allowed_ips.iter().copied())
@@ -215,7 +189,7 @@ impl DaemonState {
         let Some((_, deadline)) = &*pending else {
             return;
         };
-        let done = self.membership.lock().rejoins_done();
+        let done = self.mesh.lock().rejoins_done();
         if !done && Instant::now() < *deadline {
             return;
         }
@@ -229,92 +203,91 @@ impl DaemonState {
     /// peers when something ended, and re-signs our record when it is due.
     fn expire(&self) {
         let now = SystemTime::now();
-        let mut changed = self.membership.lock().expire(now);
-        if let Some(mesh) = &self.mesh {
-            // Installed members whose record is no longer fresh: their owner stopped
-            // re-signing it (it died without leaving).
-            let fresh: Vec<_> = mesh.peers(now).into_iter().map(|p| p.spiffe_id).collect();
-            let lapsed: Vec<_> = self
-                .merged
-                .lock()
-                .members
-                .iter()
-                .map(|(_, id, _)| id.clone())
-                .filter(|id| !fresh.contains(id))
-                .collect();
-            changed |= mesh.expire(now);
-            if !lapsed.is_empty() {
-                let mut m = self.membership.lock();
-                for id in &lapsed {
-                    tracing::warn!(member = %id, "member record not renewed in time: the member is gone");
-                    m.left(id);
-                }
-                changed = true;
-            }
-            if mesh.needs_refresh(now) {
-                self.publish_own_record(false);
-            }
-        }
-        if changed {
-            let diff = self.apply_peers();
+        let mut mesh = self.mesh.lock();
+        let expired = mesh.expire(now);
+        if expired.changed {
+            let diff = self.apply(&mut mesh, now);
             tracing::info!(
                 removed = diff.removed.len(),
                 "retired keys, expired SVIDs or lapsed members removed"
             );
-            self.send_gossip();
         }
+        if expired.refresh_due {
+            self.publish_own(&mut mesh, false, now);
+        }
+        drop(mesh);
         self.maybe_switch_key();
     }
 
     /// Signs our member record (a leaving one on shutdown) and sends it to every peer.
     pub(crate) fn publish_own_record(&self, leaving: bool) {
-        let Some(mesh) = &self.mesh else {
-            return;
-        };
+        let mut mesh = self.mesh.lock();
+        self.publish_own(&mut mesh, leaving, SystemTime::now());
+    }
+
+    fn publish_own(&self, mesh: &mut Mesh, leaving: bool, now: SystemTime) {
         let key = self.config.read().interface.private_key.public_key();
-        let Some(mesh_addr) = self.mesh_addr() else {
-            return;
-        };
-        match mesh.sign_own(&key, mesh_addr, leaving, SystemTime::now()) {
-            Ok(()) => self.send_gossip(),
-            Err(e) => tracing::error!(error = format!("{e:#}"), "member record not published"),
+        match mesh.publish_own(&key, leaving, now) {
+            Ok(out) => {
+                if let Some(control) = self.control.get() {
+                    control.set_members_digest(mesh.digest());
+                    control.send_members(out);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "member record not published"),
         }
     }
 
-    /// Hands every record we hold to the control plane, which sends it on every session.
-    fn send_gossip(&self) {
-        if let (Some(mesh), Some(control)) = (&self.mesh, self.control.get()) {
-            control.set_gossip(mesh.gossip());
-        }
-    }
-
-    /// Records a peer sent over a sync session: verified, merged, and if anything changed,
-    /// applied and sent on.
-    pub(crate) fn receive_records(&self, records: &[crate::members::OpaqueMember]) {
-        let Some(mesh) = &self.mesh else {
-            return;
-        };
-        let received = mesh.receive(records, SystemTime::now());
-        if !received.changed {
-            return;
-        }
-        {
-            let mut m = self.membership.lock();
-            for id in &received.left {
-                m.left(id);
+    /// Membership messages from sync sessions, a batch at a time: records verified and
+    /// merged, digests answered, and the peers applied once for the whole batch.
+    fn on_inbound(&self, batch: Vec<Inbound>) {
+        let now = SystemTime::now();
+        let mut mesh = self.mesh.lock();
+        let mut changed = false;
+        let mut out = Vec::new();
+        for Inbound { from, input } in batch {
+            match input {
+                Input::Records(records) => {
+                    let (c, o) = mesh.receive(&from, &records, now);
+                    changed |= c;
+                    out.extend(o);
+                }
+                Input::Digest(digest) => out.extend(mesh.digest_received(&from, &digest)),
             }
         }
-        let diff = self.apply_peers();
-        if !diff.added.is_empty() || !diff.removed.is_empty() || !diff.restarted.is_empty() {
-            tracing::info!(
-                added = diff.added.len(),
-                removed = diff.removed.len(),
-                restarted = diff.restarted.len(),
-                kept = diff.kept.len(),
-                "mesh members applied"
-            );
+        if changed {
+            let diff = self.apply(&mut mesh, now);
+            if !diff.added.is_empty() || !diff.removed.is_empty() || !diff.restarted.is_empty() {
+                tracing::info!(
+                    added = diff.added.len(),
+                    removed = diff.removed.len(),
+                    restarted = diff.restarted.len(),
+                    kept = diff.kept.len(),
+                    "mesh members applied"
+                );
+            }
         }
-        self.send_gossip();
+        drop(mesh);
+        if let Some(control) = self.control.get() {
+            control.send_members(out);
+        }
+    }
+}
+
+/// Feeds the mesh what the sync sessions receive, in batches (a burst of records is applied
+/// once, not once per message).
+async fn mesh_inbox(state: Arc<DaemonState>, mut rx: tokio::sync::mpsc::Receiver<Inbound>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 256 {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        let state = state.clone();
+        // Signature verification is CPU work: off the async workers.
+        let _ = tokio::task::spawn_blocking(move || state.on_inbound(batch)).await;
     }
 }
 
@@ -351,12 +324,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let name = config.interface.name.clone();
     warn_if_key_readable_by_others(&config.interface.private_key_file);
     // Checked before anything exists: the SVID key must sign records.
-    let mesh = match (&config.members, &config.identity) {
-        (Some(m), Some(identity)) => Some(Arc::new(
-            mesh::MeshMembers::new(m, identity).context("failed to start mesh membership")?,
-        )),
-        _ => None,
-    };
+    let mesh = Mesh::new(&config).context("failed to start mesh membership")?;
     // The UDP port first: a port in use must fail before any interface exists.
     let udp = Arc::new(
         Udp::bind(config.interface.listen_port, &config.dataplane)
@@ -396,25 +364,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let state = Arc::new(DaemonState {
         engine: engine.clone(),
         config: RwLock::new(config.clone()),
-        membership: parking_lot::Mutex::new(crate::membership::Membership::new(
-            &config.identity_peers,
-            config
-                .identity
-                .as_ref()
-                .map_or(Duration::ZERO, |i| i.rotation_grace),
-        )),
+        mesh: parking_lot::Mutex::new(mesh),
+        directory: Directory::default(),
         started: Instant::now(),
         offloads: offloads.clone(),
         listen_port,
         pending_key: parking_lot::Mutex::new(None),
         reloads: reload_tx,
         control: std::sync::OnceLock::new(),
-        mesh,
-        merged: parking_lot::Mutex::new(mesh::Merged::default()),
         routes_dirty: tokio::sync::Notify::new(),
     });
-    state.membership.lock().accept_any_gateway =
-        config.members.as_ref().map(|m| m.persistent_keepalive);
     let expiry = {
         let state = state.clone();
         tokio::spawn(async move {
@@ -473,23 +432,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let mut inbox_task = None;
     let control = match &config.control {
         Some(c) => {
-            let directory = crate::control::peers::MembershipDirectory {
-                state: Arc::downgrade(&state),
-            };
-            let control =
-                crate::control::Control::start(c.clone(), state.mesh_addr(), Box::new(directory))
-                    .await
-                    .context("failed to start the control plane")?;
-            let shared = control.shared();
-            let weak = Arc::downgrade(&state);
-            shared.set_members_hook(Arc::new(move |_peer, records| {
-                if let Some(state) = weak.upgrade() {
-                    state.receive_records(&records);
+            let inbox = match &config.members {
+                Some(_) => {
+                    let (tx, rx) = tokio::sync::mpsc::channel(MESH_INBOX);
+                    inbox_task = Some(tokio::spawn(mesh_inbox(state.clone(), rx)));
+                    Some(tx)
                 }
-            }));
-            let _ = state.control.set(shared);
+                None => None,
+            };
+            let control = crate::control::Control::start(
+                c.clone(),
+                state.mesh_addr(),
+                Box::new(state.directory.reader()),
+                inbox,
+            )
+            .await
+            .context("failed to start the control plane")?;
+            let _ = state.control.set(control.shared());
             state.publish_own_record(false);
             Some(control)
         }
@@ -535,16 +497,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 (cfg.identity.clone(), cfg.interface.private_key.clone())
             };
             if let Some(identity) = identity {
-                if let Some(mesh) = &state.mesh {
-                    match mesh.set_identity(&identity) {
-                        Ok(()) => state.publish_own_record(false),
-                        Err(e) => tracing::error!(
-                            error = format!("{e:#}"),
-                            "member record not re-signed after rotation"
-                        ),
+                let signed = state.mesh.lock().set_identity(&identity);
+                match signed {
+                    Ok(()) => state.publish_own_record(false),
+                    Err(e) => {
+                        tracing::error!(error = %e, "member record not re-signed after rotation")
                     }
                 }
-                state.membership.lock().mark_rejoin_all();
+                state.mesh.lock().mark_rejoin_all();
                 match joins::start(state.clone(), identity, key).await {
                     Ok(j) => joins = Some(j),
                     Err(e) => tracing::error!(
@@ -566,6 +526,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     state.publish_own_record(true);
     if let Some(c) = control {
         c.stop().await;
+    }
+    if let Some(t) = inbox_task {
+        t.abort();
     }
     if let Some(j) = joins {
         j.stop();
@@ -695,16 +658,13 @@ async fn reload(
         let mut cfg = state.config.write();
         // Only the peers are applied; the rest keeps its running values until a restart.
         cfg.peers = new_peers;
-        cfg.identity_peers = new_identity_peers.clone();
+        cfg.identity_peers = new_identity_peers;
     }
-    {
-        let mut m = state.membership.lock();
-        m.reconfigure(&new_identity_peers);
-        if let Some(i) = &new.identity {
-            m.grace = i.rotation_grace;
-        }
-    }
-    let diff = state.apply_peers();
+    let diff = {
+        let mut mesh = state.mesh.lock();
+        mesh.reconfigure(&new);
+        state.apply(&mut mesh, SystemTime::now())
+    };
     let wanted = wanted_routes(&new, &state.applied_prefixes());
     sync_routes(nl, index, routes, &wanted).await;
     tracing::info!(
@@ -771,7 +731,7 @@ fn rotate(state: &DaemonState, new: &Config) -> bool {
         return false;
     }
     if key_changed {
-        if state.membership.lock().any_joined() {
+        if state.mesh.lock().any_joined() {
             // Joined peers learn the new key first, through the tunnel the old key still
             // carries; `maybe_switch_key` switches the data plane when they have.
             *state.pending_key.lock() = Some((

@@ -14,6 +14,6 @@ pub mod daemon;
 pub mod dataplane;
 pub mod identity;
 pub mod keys;
-pub mod members;
-pub mod membership;
+pub mod mesh;
 pub mod netlink;
+pub(crate) mod unix_socket;

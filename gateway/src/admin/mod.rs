@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod metrics;
+pub mod peers;
 pub mod pki_cli;
 pub mod proto;
 pub mod render;
@@ -12,7 +13,6 @@ pub mod uapi;
 
 #[cfg(test)]
 mod testing;
-pub(crate) mod unix_socket;
 
 use proto::{ControlStatus, InterfaceStatus, PeerInfo, ReloadReport, ServiceInfo};
 

@@ -5,8 +5,8 @@
 //! the listen backlog.
 
 use super::proto::{Request, Response, PROTOCOL_VERSION};
-use super::unix_socket::{accept_loop, bind_owner_only, linger, ServedSocket};
 use super::AdminSource;
+use crate::unix_socket::{accept_loop, bind_owner_only, linger, ServedSocket};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;

@@ -18,9 +18,9 @@
 //! kernel module and wireguard-go report, not the inner-packet counters `tunctl` shows.
 
 use super::proto::PeerInfo;
-use super::unix_socket::{accept_loop, bind_owner_only, linger, ServedSocket};
 use super::AdminSource;
 use crate::keys::PublicKey;
+use crate::unix_socket::{accept_loop, bind_owner_only, linger, ServedSocket};
 use ipnet::IpNet;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};

@@ -1,11 +1,10 @@
-//! `[members]`: mesh membership by signed records (see `crate::members`). With it, a gateway
+//! `[members]`: mesh membership by signed records (see the mesh module). With it, a gateway
 //! needs only one seed peer: it signs a record of itself (identity, WireGuard key, endpoints,
 //! mesh address, prefixes), gossips it over the catalog sync sessions, installs every member
 //! it learns as a WireGuard peer, and accepts joins from any gateway of its trust domain.
 
 use super::control::{seconds, Seconds};
 use super::{parse_prefix, resolve_endpoint, ConfigError, Ctx, IdentityConfig};
-use crate::members::TableConfig;
 use ipnet::IpNet;
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
@@ -153,6 +152,39 @@ pub(super) fn load_members(
 /// Whether two prefixes share an address.
 pub fn overlaps(a: &IpNet, b: &IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// How long records live. Defaults: members 10 minutes (refreshed every 200 s), tombstones
+/// 30 minutes, clock skew 2 minutes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableConfig {
+    /// A record older than this (by its generation) is dropped: its owner died without
+    /// leaving. Owners re-sign every third of it (`MemberTable::needs_refresh`).
+    pub member_ttl: Duration,
+    /// How long a leaving record, or an operator's removal, is kept to refuse older records.
+    /// At least `member_ttl + max_clock_skew` (raised to that by `MemberTable::new`): by
+    /// then every older record is too old to be accepted anyway.
+    pub tombstone_ttl: Duration,
+    /// Records signed further than this in the future are refused until they are not.
+    pub max_clock_skew: Duration,
+}
+
+impl Default for TableConfig {
+    fn default() -> Self {
+        Self {
+            member_ttl: Duration::from_secs(600),
+            tombstone_ttl: Duration::from_secs(1800),
+            max_clock_skew: Duration::from_secs(120),
+        }
+    }
+}
+
+impl TableConfig {
+    /// How often the owner re-signs its record: a third of `member_ttl`, so two refreshes may
+    /// be lost before peers drop it.
+    pub fn refresh_interval(&self) -> Duration {
+        self.member_ttl / 3
+    }
 }
 
 #[cfg(test)]

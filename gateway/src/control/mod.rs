@@ -11,22 +11,24 @@
 //! watchers follow.
 
 pub mod exports;
-pub mod peers;
 pub mod session;
+pub mod status;
 mod store;
 mod sync;
 pub mod view;
 mod watch_stream;
 
-use crate::admin::proto::{ControlStatus, PeerSync, RemoteCluster, ServiceInfo};
 use crate::config::{ControlConfig, ExportSource};
+use crate::mesh::{Inbound, Input, MeshPeer, Outgoing, PeerDirectory, Target};
 use anyhow::Context as _;
 use ipnet::IpNet;
 use isthmus_catalog::{
-    Liveness, LocalCatalog, MergedCatalog, OpaqueMember, OriginState, SyncMessage, VipAllocator,
+    DigestEntry, Liveness, LocalCatalog, MembersDigest, MergedCatalog, OpaqueMember, OriginState,
+    SyncMessage, VipAllocator,
 };
+use isthmus_catalog_view::ServiceInfo;
 use parking_lot::{Mutex, RwLock};
-use peers::{MeshPeer, PeerDirectory};
+use status::{ControlStatus, PeerSync, RemoteCluster};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,9 +36,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
-
-/// Receives the membership records peers send (the members work consumes them).
-pub type MembersHook = Arc<dyn Fn(&MeshPeer, Vec<OpaqueMember>) + Send + Sync>;
 
 /// How long shutdown waits for sessions to say Bye.
 const BYE_GRACE: Duration = Duration::from_secs(1);
@@ -62,19 +61,21 @@ pub struct Shared {
     config: ControlConfig,
     mesh_addr: IpAddr,
     revision: watch::Sender<u64>,
-    deltas: broadcast::Sender<SyncMessage>,
+    /// Catalog deltas for every session and membership messages for some.
+    deltas: broadcast::Sender<Outbound>,
     sessions: Mutex<BTreeMap<u64, SessionEntry>>,
     dials: Mutex<BTreeMap<IpAddr, DialState>>,
     next_session: AtomicU64,
     /// Refusals the catalog does not count itself: undecodable bytes, unknown sources.
     refusals: Mutex<BTreeMap<&'static str, u64>>,
     members_received: AtomicU64,
-    members_hook: RwLock<Option<MembersHook>>,
+    /// Where membership records and digests from sessions go (the mesh, in the daemon).
+    mesh_inbox: Option<tokio::sync::mpsc::Sender<Inbound>>,
     dns_stats: OnceLock<Arc<isthmus_dns::QueryStats>>,
     directory: Box<dyn PeerDirectory>,
-    /// The member records to send every peer (`[members]`): on every session when it opens,
-    /// and on every open session when they change.
-    gossip: RwLock<Vec<OpaqueMember>>,
+    /// Identity and generation of every member record the mesh holds (`[members]`): sent when
+    /// a session opens, and now and then to one session (anti-entropy).
+    digest: RwLock<Vec<DigestEntry>>,
     /// What the gateway carries into the tunnel, as the daemon last handed it over (the
     /// daemon owns the peer set; see [`Shared::set_routes`]).
     routes: RwLock<Vec<IpNet>>,
@@ -91,18 +92,20 @@ impl Shared {
         *self.refusals.lock().entry(label).or_default() += 1;
     }
 
-    /// Sets the hook that receives membership records from peers.
-    pub fn set_members_hook(&self, hook: MembersHook) {
-        *self.members_hook.write() = Some(hook);
+    /// Sends membership messages on the sessions they name.
+    pub fn send_members(&self, out: Vec<Outgoing>) {
+        for o in out {
+            // No receiver (no session) is fine: sessions exchange digests when they open.
+            let _ = self.deltas.send(Outbound {
+                to: o.to,
+                msg: o.msg,
+            });
+        }
     }
 
-    /// Replaces the member records we send, and sends them on every open session now.
-    pub fn set_gossip(&self, records: Vec<OpaqueMember>) {
-        for msg in gossip_messages(&records) {
-            // No receiver (no session) is fine: sessions send the gossip when they open.
-            let _ = self.deltas.send(msg);
-        }
-        *self.gossip.write() = records;
+    /// Replaces the digest of the member records the mesh holds.
+    pub fn set_members_digest(&self, entries: Vec<DigestEntry>) {
+        *self.digest.write() = entries;
     }
 
     /// Replaces the prefixes the watch stream and the etcd store announce as carried into the
@@ -130,18 +133,36 @@ impl Shared {
         self.routes.read().iter().map(IpNet::to_string).collect()
     }
 
-    /// The gossip as `Members` messages, for a session that opens.
-    fn gossip_now(&self) -> Vec<SyncMessage> {
-        gossip_messages(&self.gossip.read())
+    /// Our digest, for a session that opens (`reply` unset: both sides send one) or for
+    /// anti-entropy (`reply` set). `None` without `[members]`.
+    fn digest_message(&self, reply: bool) -> Option<SyncMessage> {
+        let entries = self.digest.read().clone();
+        (self.mesh_inbox.is_some() && !entries.is_empty())
+            .then_some(SyncMessage::MembersDigest(MembersDigest { reply, entries }))
     }
 
     fn members(&self, peer: &MeshPeer, members: Vec<OpaqueMember>) {
         self.members_received
             .fetch_add(members.len() as u64, Ordering::Relaxed);
-        tracing::debug!(peer = %peer.spiffe_id, records = members.len(), "membership records received");
-        let hook = self.members_hook.read().clone();
-        if let Some(hook) = hook {
-            hook(peer, members);
+        tracing::trace!(peer = %peer.spiffe_id, records = members.len(), "membership records received");
+        self.to_mesh(peer, Input::Records(members));
+    }
+
+    fn members_digest(&self, peer: &MeshPeer, digest: MembersDigest) {
+        self.to_mesh(peer, Input::Digest(digest));
+    }
+
+    fn to_mesh(&self, peer: &MeshPeer, input: Input) {
+        let Some(inbox) = &self.mesh_inbox else {
+            return;
+        };
+        let msg = Inbound {
+            from: peer.clone(),
+            input,
+        };
+        if inbox.try_send(msg).is_err() {
+            // The mesh is behind: anti-entropy repairs what this drops.
+            self.count_refusal("members_backlog");
         }
     }
 
@@ -155,7 +176,10 @@ impl Shared {
         if let Some(delta) = delta {
             tracing::info!(watermark = %self.catalog.lock().local().watermark(), "local exports changed");
             // No receiver (no session) is fine: sessions start with a snapshot.
-            let _ = self.deltas.send(delta);
+            let _ = self.deltas.send(Outbound {
+                to: Target::All,
+                msg: delta,
+            });
             self.changed();
         }
         Ok(())
@@ -239,7 +263,7 @@ impl Shared {
         let dials = self.dials.lock();
         self.directory
             .peers()
-            .into_iter()
+            .iter()
             .map(|p| {
                 let mine: Vec<&SessionEntry> = sessions
                     .values()
@@ -261,7 +285,7 @@ impl Shared {
                     "connecting".to_string()
                 };
                 PeerSync {
-                    spiffe_id: p.spiffe_id,
+                    spiffe_id: p.spiffe_id.to_string(),
                     mesh_addr: p.addr.to_string(),
                     sync,
                 }
@@ -270,12 +294,11 @@ impl Shared {
     }
 }
 
-/// Member records in `Members` messages of at most the catalog's limit each.
-fn gossip_messages(records: &[OpaqueMember]) -> Vec<SyncMessage> {
-    records
-        .chunks(isthmus_catalog::limits::MAX_MEMBERS)
-        .map(|c| SyncMessage::Members(c.to_vec()))
-        .collect()
+/// A message for the sessions `to` names.
+#[derive(Debug, Clone)]
+struct Outbound {
+    to: Target,
+    msg: SyncMessage,
 }
 
 /// The running control plane; [`Control::stop`] closes every socket it opened.
@@ -301,6 +324,7 @@ impl Control {
         config: ControlConfig,
         mesh_addr: Option<IpAddr>,
         directory: Box<dyn PeerDirectory>,
+        mesh_inbox: Option<tokio::sync::mpsc::Sender<Inbound>>,
     ) -> anyhow::Result<Control> {
         let mesh_addr =
             mesh_addr.context("the control plane needs a mesh address ([interface] address)")?;
@@ -348,10 +372,10 @@ impl Control {
             next_session: AtomicU64::new(1),
             refusals: Mutex::new(BTreeMap::new()),
             members_received: AtomicU64::new(0),
-            members_hook: RwLock::new(None),
+            mesh_inbox,
             dns_stats: OnceLock::new(),
             directory,
-            gossip: RwLock::new(Vec::new()),
+            digest: RwLock::new(Vec::new()),
             routes: RwLock::new(Vec::new()),
             shutdown,
         });
@@ -384,6 +408,7 @@ impl Control {
         let mut tasks = vec![
             tokio::spawn(sync::accept_loop(shared.clone(), listener)),
             tokio::spawn(sync::dial_loop(shared.clone())),
+            tokio::spawn(sync::anti_entropy_loop(shared.clone())),
             tokio::spawn(health_loop(shared.clone())),
             tokio::spawn(store::persist_loop(shared.clone(), files)),
         ];

@@ -7,8 +7,8 @@
 
 use isthmus_catalog::ClusterName;
 use isthmus_catalog::{
-    Applied, DecodeError, FrameDecoder, HealthConfig, MergedCatalog, OpaqueMember, Refused,
-    SyncMessage, Unchanged,
+    Applied, DecodeError, FrameDecoder, HealthConfig, MembersDigest, MergedCatalog, OpaqueMember,
+    Refused, SyncMessage, Unchanged,
 };
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,7 @@ pub enum Output {
     /// The catalog changed (records or health): refresh the store and watchers.
     Changed,
     Members(Vec<OpaqueMember>),
+    MembersDigest(MembersDigest),
 }
 
 /// Why a session ends.
@@ -56,6 +57,11 @@ impl std::fmt::Display for Close {
     }
 }
 
+/// A session ends after this much silence: four times `down_after`, at least 10 s.
+pub fn idle_after(health: &HealthConfig) -> Duration {
+    (health.down_after * 4).max(Duration::from_secs(10))
+}
+
 #[derive(Debug)]
 pub struct SessionCore {
     peer: ClusterName,
@@ -77,11 +83,17 @@ impl SessionCore {
             last_sent: now,
             last_heard: now,
             heartbeat_every,
-            // Heartbeats come every down_after/3; a peer silent for twice down_after is gone
-            // (its health went Down long before), and the session is re-dialled.
-            idle_after: (health.down_after * 2).max(Duration::from_secs(2)),
+            // Heartbeats come every down_after/3. Health marks a silent peer down after
+            // down_after; the session itself is kept much longer, so a peer that is slow (a
+            // busy machine) but alive keeps its session and needs no resync when it answers.
+            idle_after: idle_after(health),
             synced: false,
         }
+    }
+
+    /// How long a write may block, or the peer stay silent, before the session is closed.
+    pub fn idle_after(&self) -> Duration {
+        self.idle_after
     }
 
     pub fn peer(&self) -> &ClusterName {
@@ -127,6 +139,7 @@ impl SessionCore {
                 }
                 Ok(Applied::Unchanged(Unchanged::Stale)) => {}
                 Ok(Applied::Members(members)) => out.push(Output::Members(members)),
+                Ok(Applied::MembersDigest(d)) => out.push(Output::MembersDigest(d)),
                 Ok(Applied::Left) => {
                     out.push(Output::Changed);
                     return Err(Close::Bye);
@@ -327,8 +340,15 @@ mod tests {
         let hb = s.handle_timeout(&c1, now + Duration::from_secs(1)).unwrap();
         assert!(matches!(hb, Some(SyncMessage::Heartbeat(_))));
         s.on_sent(now + Duration::from_secs(1));
-        assert_eq!(
+        // A peer silent for longer than down_after is marked down by health, but its session
+        // is kept (a busy peer is slow, not gone) until four times down_after, at least 10 s.
+        assert_eq!(s.idle_after(), Duration::from_secs(12));
+        assert!(matches!(
             s.handle_timeout(&c1, now + Duration::from_secs(6)),
+            Ok(Some(SyncMessage::Heartbeat(_)))
+        ));
+        assert_eq!(
+            s.handle_timeout(&c1, now + Duration::from_secs(12)),
             Err(Close::Idle)
         );
     }

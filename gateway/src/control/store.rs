@@ -7,10 +7,10 @@
 
 use super::exports;
 use super::{Persisted, Shared};
-use crate::admin::proto::ServiceInfo;
 use crate::config::{EtcdTarget, ExportSource};
 use anyhow::Context as _;
 use isthmus_catalog::{OriginState, ServiceExport};
+use isthmus_catalog_view::ServiceInfo;
 use isthmus_etcd_store::{
     EtcdPublisher, EtcdWatcher, PublisherOptions, WatchEvent, WatcherOptions,
 };

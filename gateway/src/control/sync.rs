@@ -4,11 +4,11 @@
 //! One session per peer: the side with the lower mesh address dials; the other accepts. A new
 //! connection from an address that already has an inbound session replaces it (the peer
 //! restarted). Only a joined peer's mesh address may connect: the source address is what
-//! authenticates the peer's cluster (see `super::peers`).
+//! authenticates the peer's cluster (see `crate::mesh::directory`).
 
-use super::peers::MeshPeer;
 use super::session::{Close, Output, SessionCore};
-use super::{DialState, SessionEntry, Shared};
+use super::{DialState, Outbound, SessionEntry, Shared};
+use crate::mesh::{MeshPeer, Target};
 use isthmus_catalog::{encode, SyncMessage};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -48,7 +48,8 @@ pub(super) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
         };
         let Some(peer) = shared.directory.by_addr(remote.ip()) else {
             shared.count_refusal("unknown_source");
-            tracing::warn!(%remote, "catalog sync connection from an address that is no joined peer's mesh address; closed");
+            tracing::debug!(%remote, "catalog sync connection from an unknown address");
+            tracing::warn!("catalog sync connection from an address that is no joined peer's mesh address; closed");
             drop(stream);
             continue;
         };
@@ -88,7 +89,8 @@ fn spawn_session(shared: &Arc<Shared>, stream: TcpStream, peer: MeshPeer, outbou
         let shared = shared.clone();
         tokio::spawn(async move {
             let opened = Instant::now();
-            tracing::info!(peer = %peer.spiffe_id, mesh_addr = %peer.addr, outbound, "catalog sync session open");
+            tracing::debug!(peer = %peer.spiffe_id, mesh_addr = %peer.addr, outbound, "catalog sync session open");
+            tracing::info!(cluster = %peer.cluster, outbound, "catalog sync session open");
             let end = run(&shared, stream, &peer, id).await;
             let was_synced = shared.sessions.lock().remove(&id).is_some_and(|e| e.synced);
             match &end {
@@ -98,13 +100,16 @@ fn spawn_session(shared: &Arc<Shared>, stream: TcpStream, peer: MeshPeer, outbou
                         if matches!(close, Close::Decode(_)) {
                             shared.count_refusal(label);
                         }
-                        tracing::warn!(peer = %peer.spiffe_id, reason = %close, "catalog sync session closed: peer sent something refused; the catalog is unchanged");
+                        tracing::debug!(peer = %peer.spiffe_id, reason = %close, "catalog sync session closed: refused");
+                        tracing::warn!(cluster = %peer.cluster, reason = %close, "catalog sync session closed: peer sent something refused; the catalog is unchanged");
                     } else {
-                        tracing::info!(peer = %peer.spiffe_id, reason = %close, "catalog sync session closed");
+                        tracing::debug!(peer = %peer.spiffe_id, reason = %close, "catalog sync session closed");
+                        tracing::info!(cluster = %peer.cluster, reason = %close, "catalog sync session closed");
                     }
                 }
                 End::Io(e) => {
-                    tracing::info!(peer = %peer.spiffe_id, error = %e, "catalog sync session ended")
+                    tracing::debug!(peer = %peer.spiffe_id, error = %e, "catalog sync session ended");
+                    tracing::info!(cluster = %peer.cluster, error = %e, "catalog sync session ended")
                 }
             }
             if outbound {
@@ -147,7 +152,6 @@ impl std::fmt::Display for End {
 }
 
 async fn send(
-    shared: &Shared,
     wr: &mut OwnedWriteHalf,
     core: &mut SessionCore,
     msg: &SyncMessage,
@@ -159,8 +163,9 @@ async fn send(
             return Ok(());
         }
     };
-    let limit = shared.config.health.down_after.max(Duration::from_secs(1));
-    match tokio::time::timeout(limit, wr.write_all(&frame)).await {
+    // A peer that takes no data for as long as a silent one would be given is gone; a slow
+    // one keeps its session.
+    match tokio::time::timeout(core.idle_after(), wr.write_all(&frame)).await {
         Ok(Ok(())) => {
             core.on_sent(Instant::now());
             Ok(())
@@ -181,12 +186,13 @@ async fn run(shared: &Arc<Shared>, stream: TcpStream, peer: &MeshPeer, id: u64) 
         let hello = core.open(&catalog);
         (core, hello)
     };
-    if let Err(e) = send(shared, &mut wr, &mut core, &hello).await {
+    if let Err(e) = send(&mut wr, &mut core, &hello).await {
         return e;
     }
-    // Membership: everything we know, so a peer given only us as its seed learns the mesh.
-    for msg in shared.gossip_now() {
-        if let Err(e) = send(shared, &mut wr, &mut core, &msg).await {
+    // Membership: what we hold, so the peer sends what we lack (a peer given only us as its
+    // seed learns the mesh this way) and we send what it lacks.
+    if let Some(msg) = shared.digest_message(false) {
+        if let Err(e) = send(&mut wr, &mut core, &msg).await {
             return e;
         }
     }
@@ -208,12 +214,13 @@ async fn run(shared: &Arc<Shared>, stream: TcpStream, peer: &MeshPeer, id: u64) 
                 for o in out {
                     match o {
                         Output::Send(msg) => {
-                            if let Err(e) = send(shared, &mut wr, &mut core, &msg).await {
+                            if let Err(e) = send(&mut wr, &mut core, &msg).await {
                                 return e;
                             }
                         }
                         Output::Changed => shared.changed(),
                         Output::Members(m) => shared.members(peer, m),
+                        Output::MembersDigest(d) => shared.members_digest(peer, d),
                     }
                 }
                 if let Some(e) = shared.sessions.lock().get_mut(&id) {
@@ -224,14 +231,21 @@ async fn run(shared: &Arc<Shared>, stream: TcpStream, peer: &MeshPeer, id: u64) 
                 }
             }
             delta = deltas.recv() => {
-                let msg = match delta {
-                    Ok(msg) => msg,
-                    // Fell behind the change stream: a snapshot catches the peer up.
-                    Err(RecvError::Lagged(_)) => shared.catalog.lock().snapshot(),
+                let msgs = match delta {
+                    Ok(Outbound { to, msg }) if to.includes(peer.addr) => vec![msg],
+                    Ok(_) => continue,
+                    // Fell behind the change stream: a snapshot catches the peer up, and a
+                    // digest asking for one back repairs membership both ways.
+                    Err(RecvError::Lagged(_)) => {
+                        let snapshot = shared.catalog.lock().snapshot();
+                        std::iter::once(snapshot).chain(shared.digest_message(true)).collect()
+                    }
                     Err(RecvError::Closed) => return End::Shutdown,
                 };
-                if let Err(e) = send(shared, &mut wr, &mut core, &msg).await {
-                    return e;
+                for msg in msgs {
+                    if let Err(e) = send(&mut wr, &mut core, &msg).await {
+                        return e;
+                    }
                 }
             }
             _ = tokio::time::sleep_until(wake.into()) => {
@@ -241,7 +255,7 @@ async fn run(shared: &Arc<Shared>, stream: TcpStream, peer: &MeshPeer, id: u64) 
                 };
                 match due {
                     Ok(Some(hb)) => {
-                        if let Err(e) = send(shared, &mut wr, &mut core, &hb).await {
+                        if let Err(e) = send(&mut wr, &mut core, &hb).await {
                             return e;
                         }
                     }
@@ -252,10 +266,12 @@ async fn run(shared: &Arc<Shared>, stream: TcpStream, peer: &MeshPeer, id: u64) 
             _ = shutdown.changed() => {
                 // What was queued before the shutdown goes first (a leaving member record).
                 let _ = tokio::time::timeout(Duration::from_millis(300), async {
-                    while let Ok(msg) = deltas.try_recv() {
-                        send(shared, &mut wr, &mut core, &msg).await?;
+                    while let Ok(Outbound { to, msg }) = deltas.try_recv() {
+                        if to.includes(peer.addr) {
+                            send(&mut wr, &mut core, &msg).await?;
+                        }
                     }
-                    send(shared, &mut wr, &mut core, &SyncMessage::Bye).await
+                    send(&mut wr, &mut core, &SyncMessage::Bye).await
                 })
                 .await;
                 let _ = wr.shutdown().await;
@@ -280,7 +296,8 @@ pub(super) async fn dial_loop(shared: Arc<Shared>) {
             .collect();
         for (id, peer) in gone {
             if let Some(e) = shared.sessions.lock().remove(&id) {
-                tracing::info!(peer = %peer.spiffe_id, mesh_addr = %peer.addr, "catalog sync session closed: no longer a peer");
+                tracing::debug!(peer = %peer.spiffe_id, mesh_addr = %peer.addr, "catalog sync session closed: no longer a peer");
+                tracing::info!(cluster = %peer.cluster, "catalog sync session closed: no longer a peer");
                 if let Some(a) = e.abort {
                     a.abort();
                 }
@@ -290,7 +307,7 @@ pub(super) async fn dial_loop(shared: Arc<Shared>) {
             .dials
             .lock()
             .retain(|addr, _| peers.iter().any(|p| p.addr == *addr));
-        for peer in peers {
+        for peer in peers.iter().cloned() {
             if peer.addr <= shared.mesh_addr
                 || shared
                     .sessions
@@ -353,5 +370,38 @@ async fn connect(local: IpAddr, remote: IpAddr, port: u16) -> Result<TcpStream, 
         Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => Err(format!("connect {remote}:{port}: {e}")),
         Err(_) => Err(format!("connect {remote}:{port}: timed out")),
+    }
+}
+
+/// Mean period of anti-entropy: a digest asking for a reply to one random session.
+const ANTI_ENTROPY_EVERY: Duration = Duration::from_secs(20);
+
+/// Now and then (20 s on average, jittered so gateways do not fall into step), sends our
+/// member digest asking for a reply to one session chosen at random: a record a relay did not
+/// pass on, or one lost with a dropped session, reaches everyone in a few rounds.
+pub(super) async fn anti_entropy_loop(shared: Arc<Shared>) {
+    use rand_core::RngCore as _;
+    loop {
+        let jitter = rand_core::OsRng.next_u64() % ANTI_ENTROPY_EVERY.as_millis() as u64;
+        let wait = ANTI_ENTROPY_EVERY / 2 + Duration::from_millis(jitter);
+        tokio::time::sleep(wait).await;
+        let Some(msg) = shared.digest_message(true) else {
+            continue;
+        };
+        let addrs: Vec<IpAddr> = shared
+            .sessions
+            .lock()
+            .values()
+            .filter(|e| e.synced)
+            .map(|e| e.peer.addr)
+            .collect();
+        if addrs.is_empty() {
+            continue;
+        }
+        let pick = addrs[(rand_core::OsRng.next_u64() % addrs.len() as u64) as usize];
+        let _ = shared.deltas.send(Outbound {
+            to: Target::One(pick),
+            msg,
+        });
     }
 }

@@ -1,10 +1,10 @@
 //! What the merged catalog looks like from outside: service records for `tunctl`, the watch
 //! socket and etcd, and DNS answers.
 
-use crate::admin::proto::{BackendInfo, ClusterEndpoints, PortInfo, ServiceInfo};
 use isthmus_catalog::{
     ClusterName, MergedCatalog, Policy, Protocol, ServiceExport, ServiceName, ServiceView,
 };
+use isthmus_catalog_view::{BackendInfo, ClusterEndpoints, PortInfo, ServiceInfo};
 use isthmus_dns::{EndpointAnswer, PortAnswer, PortProtocol, ServiceAnswer, ServiceKind};
 use std::net::IpAddr;
 use std::time::Instant;

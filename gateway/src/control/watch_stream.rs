@@ -5,8 +5,8 @@
 //! cluster's other nodes). Clients never write; both transports run the same client loop.
 
 use super::Shared;
-use crate::admin::unix_socket::ServedSocket;
 use crate::config::{ControlConfig, WatchTcp};
+use crate::unix_socket::{bind_owner_only, ServedSocket};
 use anyhow::Context as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,7 +72,7 @@ pub(super) async fn serve_watch(
 ) -> anyhow::Result<WatchListeners> {
     let permits = Arc::new(Semaphore::new(MAX_WATCHERS));
     let path = &config.watch_socket;
-    let (listener, file) = crate::admin::unix_socket::bind_owner_only(path, "catalog watch socket")
+    let (listener, file) = bind_owner_only(path, "catalog watch socket")
         .await
         .with_context(|| format!("failed to serve the watch socket {}", path.display()))?;
     tracing::info!(path = %path.display(), "catalog watch socket listening");
@@ -185,9 +185,9 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::super::peers::{MeshPeer, PeerDirectory};
     use super::super::Control;
     use crate::config::{ControlConfig, ExportSource, WatchTcp};
+    use crate::mesh::{MeshPeer, PeerDirectory};
     use isthmus_catalog::ClusterName;
     use isthmus_catalog_view::WatchLine;
     use std::net::SocketAddr;
@@ -198,8 +198,8 @@ mod tests {
     struct NoPeers;
 
     impl PeerDirectory for NoPeers {
-        fn peers(&self) -> Vec<MeshPeer> {
-            Vec::new()
+        fn peers(&self) -> std::sync::Arc<[MeshPeer]> {
+            std::sync::Arc::from(Vec::new())
         }
     }
 
@@ -244,7 +244,7 @@ mod tests {
             store: None,
             dns: None,
         };
-        let control = Control::start(config, Some([127, 0, 0, 1].into()), Box::new(NoPeers))
+        let control = Control::start(config, Some([127, 0, 0, 1].into()), Box::new(NoPeers), None)
             .await
             .unwrap();
         let shared = control.shared();

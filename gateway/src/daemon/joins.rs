@@ -8,8 +8,9 @@ use crate::identity::{
     Presenting, RateLimitConfig, VerifiedPeer,
 };
 use crate::keys::PrivateKey;
-use crate::membership::PkiVerifier;
+use crate::mesh::joined::{PkiVerifier, SlotId};
 use parking_lot::RwLock;
+use std::collections::HashMap;
 use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -59,13 +60,7 @@ impl Joins {
 /// Whom the join listener accepts: the configured peers by identity and, with `[members]`,
 /// any gateway of the trust domain.
 fn accepted(state: &DaemonState) -> Vec<Expected> {
-    let m = state.membership.lock();
-    m.slots
-        .iter()
-        .filter(|s| !s.dynamic)
-        .map(|s| s.config.expected.clone())
-        .chain(m.accept_any_gateway.map(|_| Expected::AnyGateway))
-        .collect()
+    state.mesh.lock().accepted()
 }
 
 pub(super) async fn start(
@@ -156,15 +151,24 @@ pub(super) async fn start(
 }
 
 fn install(state: &DaemonState, peer: &JoinedPeer) {
-    let slot = state.membership.lock().joined(peer, SystemTime::now());
-    match slot {
+    let now = SystemTime::now();
+    let mut mesh = state.mesh.lock();
+    match mesh.joined(peer, now) {
         Some(_) => {
-            let diff = state.apply_peers();
-            tracing::info!(peer = %peer.joined.peer_id, from = %peer.remote_addr, added = diff.added.len(), kept = diff.kept.len(), "peer joined; WireGuard key installed");
+            let diff = state.apply(&mut mesh, now);
+            drop(mesh);
+            tracing::debug!(peer = %peer.joined.peer_id, from = %peer.remote_addr, "peer joined");
+            tracing::info!(
+                added = diff.added.len(),
+                kept = diff.kept.len(),
+                "peer joined; WireGuard key installed"
+            );
             state.maybe_switch_key();
         }
         None => {
-            tracing::warn!(peer = %peer.joined.peer_id, "joined peer matches no configured peer; ignored")
+            drop(mesh);
+            tracing::debug!(peer = %peer.joined.peer_id, "joined peer matches no configured peer");
+            tracing::warn!("a joined peer matches no configured peer (the configuration changed during the join); ignored");
         }
     }
 }
@@ -182,41 +186,23 @@ async fn connect_loop(
     verifier: Arc<dyn PeerVerifier>,
     joined: mpsc::Sender<JoinedPeer>,
 ) {
-    // Per slot: when to try next and the current backoff; reset when slots change.
-    let mut schedule: Vec<(Instant, Duration)> = Vec::new();
+    // Per slot: when to try next and the current backoff. Keyed by the slot's id, which
+    // stays while the slot exists (a reload during a join cannot make us update another).
+    let mut schedule: HashMap<SlotId, (Instant, Duration)> = HashMap::new();
     loop {
         state.maybe_switch_key();
-        let targets: Vec<(usize, Vec<SocketAddr>, Expected)> = {
-            let m = state.membership.lock();
-            if schedule.len() != m.slots.len() {
-                schedule = vec![(Instant::now(), FIRST_RETRY); m.slots.len()];
-            }
-            m.slots
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| m.wants_join(*i))
-                .map(|(i, s)| {
-                    let port = s.config.join_endpoint.map_or(own_join_port, |e| e.port());
-                    let through_tunnel = m
-                        .mesh_addr(i)
-                        .filter(|_| s.rejoin)
-                        .map(|a| SocketAddr::new(a, port));
-                    let addrs: Vec<SocketAddr> = through_tunnel
-                        .into_iter()
-                        .chain(s.config.join_endpoint)
-                        .collect();
-                    (i, addrs, s.config.expected.clone())
-                })
-                .filter(|(_, addrs, _)| !addrs.is_empty())
-                .collect()
-        };
-        for (i, addrs, expected) in targets {
-            if Instant::now() < schedule[i].0 {
+        let targets = state.mesh.lock().join_targets(own_join_port);
+        schedule.retain(|slot, _| targets.iter().any(|t| t.slot == *slot));
+        for target in targets {
+            let (next, backoff) = *schedule
+                .entry(target.slot)
+                .or_insert((Instant::now(), FIRST_RETRY));
+            if Instant::now() < next {
                 continue;
             }
-            let want = expected.request(&trust_domain);
+            let want = target.expected.request(&trust_domain);
             let mut outcome = None;
-            for endpoint in addrs {
+            for endpoint in target.addrs {
                 match join_connect(endpoint, &key, &me, want.clone(), verifier.clone()).await {
                     Ok(peer) => {
                         outcome = Some(Ok(peer));
@@ -232,13 +218,23 @@ async fn connect_loop(
             match outcome {
                 None => {}
                 Some(Ok(peer)) => {
-                    schedule[i].1 = FIRST_RETRY;
+                    schedule.insert(target.slot, (Instant::now(), FIRST_RETRY));
                     let _ = joined.send(peer).await;
                 }
                 Some(Err(reason)) => {
-                    state.membership.lock().failed(i, reason);
-                    let backoff = schedule[i].1;
-                    schedule[i] = (Instant::now() + backoff, (backoff * 2).min(MAX_RETRY));
+                    state.mesh.lock().join_failed(target.slot, reason);
+                    // Jittered, so gateways refused together do not retry together.
+                    let jitter = Duration::from_millis(
+                        rand_core::RngCore::next_u64(&mut rand_core::OsRng)
+                            % (backoff.as_millis() as u64 / 2 + 1),
+                    );
+                    schedule.insert(
+                        target.slot,
+                        (
+                            Instant::now() + backoff + jitter,
+                            (backoff * 2).min(MAX_RETRY),
+                        ),
+                    );
                 }
             }
         }

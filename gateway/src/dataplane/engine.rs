@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::Instant;
 
 /// Handshakes per second before the responder demands cookies (WireGuard paper §5.3).
 pub const HANDSHAKE_RATE_LIMIT: u64 = 100;
@@ -134,7 +134,7 @@ impl Engine {
             peer.tunn.lock().set_static_private(
                 keys.private.secret().clone(),
                 keys.static_public,
-                Some(keys.rate_limiter.clone()),
+                None,
             );
             peer.initiate.store(true, Ordering::Relaxed);
         }
@@ -153,7 +153,13 @@ impl Engine {
             config.preshared_key,
             config.persistent_keepalive,
             index,
-            Some(keys.rate_limiter.clone()),
+            // Each session its own limiter (boringtun's per-peer 10 handshake messages per
+            // tick). The interface's limiter screens handshake initiations once, before the
+            // DH that finds their peer (`decapsulate`); shared with every `Tunn`, it would
+            // count each initiation twice and every response too, and a mesh forming (every
+            // gateway handshaking with every other at once) would be answered with cookies
+            // and wait a REKEY_TIMEOUT (5 s) per retry.
+            None,
         )
     }
 
@@ -221,7 +227,7 @@ impl Engine {
     /// zero-padded in place to a multiple of 16 bytes, capped at the MTU (WireGuard paper
     /// §5.4.6), so the underlay shows less of the inner length; the receiver trims by the IP
     /// header's length. `buf` may be longer than `len` to make room for the padding.
-    pub fn encapsulate(&self, buf: &mut [u8], len: usize, tx: &mut TxQueue, now: SystemTime) {
+    pub fn encapsulate(&self, buf: &mut [u8], len: usize, tx: &mut TxQueue) {
         let padded = len
             .next_multiple_of(16)
             .min(self.mtu.max(len))
@@ -264,21 +270,11 @@ impl Engine {
                     .tx_bytes
                     .fetch_add(inner_len as u64, Ordering::Relaxed);
                 if len > 0 {
-                    self.count_tx(peer, tx.slot(), len);
+                    count_tx(peer, tx.slot(), len);
                     tx.commit(endpoint, len, Some(peer));
                 }
             }
             Err(reason) => peer.count_drop(reason, &self.drops),
-        }
-        let _ = now;
-    }
-
-    fn count_tx(&self, peer: &Peer, datagram: &[u8], len: usize) {
-        peer.stats
-            .tx_wire_bytes
-            .fetch_add(len as u64, Ordering::Relaxed);
-        if datagram[0] == MSG_DATA && len > DATA_OVERHEAD {
-            peer.stats.tx_packets.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -289,7 +285,6 @@ impl Engine {
         datagram: &[u8],
         rx: &mut RxQueue,
         tx: &mut TxQueue,
-        now: SystemTime,
     ) {
         let packet = match Tunn::parse_incoming_packet(datagram) {
             Ok(p) => p,
@@ -365,13 +360,9 @@ impl Engine {
                 }
             },
         };
-        self.decapsulate_for(peer, &peers, src, datagram, rx, tx, now);
+        self.decapsulate_for(peer, &peers, src, datagram, rx, tx);
     }
 
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the packet path passes its buffers explicitly"
-    )]
     fn decapsulate_for(
         &self,
         peer: &Arc<Peer>,
@@ -380,7 +371,6 @@ impl Engine {
         datagram: &[u8],
         rx: &mut RxQueue,
         tx: &mut TxQueue,
-        now: SystemTime,
     ) {
         enum Out {
             Net(usize),
@@ -427,7 +417,7 @@ impl Engine {
                     match tunn.decapsulate(None, &[], slot) {
                         TunnResult::WriteToNetwork(out) => {
                             let n = out.len();
-                            self.count_tx(peer, tx.slot(), n);
+                            count_tx(peer, tx.slot(), n);
                             tx.commit(src, n, Some(peer));
                         }
                         _ => break,
@@ -450,45 +440,17 @@ impl Engine {
                 rx.commit(n, peer);
             }
         }
-        let _ = now;
     }
 
-    /// Runs every peer's timers (handshake retries, rekeys, keepalives); call about every
-    /// 250 ms. Resets the handshake rate limiter when `reset_rate_limit` is set (every second).
-    pub fn tick(&self, tx: &mut TxQueue, now: SystemTime, reset_rate_limit: bool) {
-        if reset_rate_limit {
-            self.keys.load().rate_limiter.reset_count();
-        }
-        let peers = self.peers.load();
-        for peer in &peers.list {
-            if tx.is_full() {
-                break;
-            }
-            let mut tunn = peer.tunn.lock();
-            let kick = peer.initiate.swap(false, Ordering::Relaxed) && peer.endpoint().is_some();
-            let outcome = if kick {
-                tunn.format_handshake_initiation(tx.slot(), false)
-            } else {
-                tunn.update_timers(tx.slot())
-            };
-            let result = match outcome {
-                TunnResult::WriteToNetwork(out) => Ok(out.len()),
-                TunnResult::Err(WireGuardError::ConnectionExpired) => Err(true),
-                _ => Err(false),
-            };
-            let since = tunn.stats().0;
-            drop(tunn);
-            peer.observe_handshake(now, since);
-            match result {
-                Ok(len) => {
-                    if let Some(ep) = peer.endpoint() {
-                        self.count_tx(peer, tx.slot(), len);
-                        tx.commit(ep, len, Some(peer));
-                    }
-                }
-                Err(true) => peer.note_expired(),
-                Err(false) => {}
-            }
+    /// Starts a round of every peer's timers (handshake retries, rekeys, keepalives); call
+    /// about every 250 ms and run the round to its end (see [`TickRound`]). Also lets the
+    /// handshake rate limiter start a new second (it keeps its own one-second period).
+    pub fn tick(&self, now: Instant) -> TickRound {
+        self.keys.load().rate_limiter.reset_count();
+        TickRound {
+            peers: self.peers.load_full(),
+            next: 0,
+            now,
         }
     }
 
@@ -501,6 +463,72 @@ impl Engine {
             .filter(|p| !p.is_retiring())
             .flat_map(|p| p.allowed_ips())
             .collect()
+    }
+}
+
+/// Counts a datagram just written to the network for `peer`.
+fn count_tx(peer: &Peer, datagram: &[u8], len: usize) {
+    peer.stats
+        .tx_wire_bytes
+        .fetch_add(len as u64, Ordering::Relaxed);
+    if datagram[0] == MSG_DATA && len > DATA_OVERHEAD {
+        peer.stats.tx_packets.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One pass over the timers of the peer set in force when it started. A round stops when
+/// the transmit queue is full; the shell sends the queue, clears it and resumes, until
+/// [`run`](Self::run) says every peer had its turn, so no peer waits on how many come
+/// before it. A reload during the round does not disturb it: peers it removed have one
+/// last tick, peers it added wait for the next round.
+pub struct TickRound {
+    peers: Arc<PeerSet>,
+    next: usize,
+    now: Instant,
+}
+
+impl TickRound {
+    /// Runs the timers of the peers not yet ticked into `tx` until it is full. Returns `true`
+    /// when the round is complete; `false` means: send and clear `tx`, then call again.
+    pub fn run(&mut self, tx: &mut TxQueue) -> bool {
+        while let Some(peer) = self.peers.list.get(self.next) {
+            if tx.is_full() {
+                return false;
+            }
+            self.next += 1;
+            tick_peer(peer, tx, self.now);
+        }
+        true
+    }
+}
+
+/// One peer's timers: a handshake initiation when one was asked for, else boringtun's
+/// timers; what they produce goes into `tx`, which has room for one datagram.
+fn tick_peer(peer: &Arc<Peer>, tx: &mut TxQueue, now: Instant) {
+    let mut tunn = peer.tunn.lock();
+    let kick = peer.initiate.swap(false, Ordering::Relaxed) && peer.endpoint().is_some();
+    let outcome = if kick {
+        tunn.format_handshake_initiation(tx.slot(), false)
+    } else {
+        tunn.update_timers(tx.slot())
+    };
+    let result = match outcome {
+        TunnResult::WriteToNetwork(out) => Ok(out.len()),
+        TunnResult::Err(WireGuardError::ConnectionExpired) => Err(true),
+        _ => Err(false),
+    };
+    let since = tunn.stats().0;
+    drop(tunn);
+    peer.observe_handshake(now, since);
+    match result {
+        Ok(len) => {
+            if let Some(ep) = peer.endpoint() {
+                count_tx(peer, tx.slot(), len);
+                tx.commit(ep, len, Some(peer));
+            }
+        }
+        Err(true) => peer.note_expired(),
+        Err(false) => {}
     }
 }
 

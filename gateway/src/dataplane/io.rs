@@ -8,7 +8,7 @@ use crate::config::DataplaneConfig;
 use std::io::{self, IoSliceMut};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
@@ -126,7 +126,7 @@ impl Udp {
                 if let Some(peer) = &run.peer {
                     peer.drops
                         .add(super::DropReason::SendFailed, run.segments as u64);
-                    peer.note_send_error(SystemTime::now(), &e);
+                    peer.note_send_error(Instant::now(), &e);
                 }
             }
         }
@@ -223,7 +223,6 @@ async fn tun_to_udp(
                 }
             },
         };
-        let now = SystemTime::now();
         let mut ready = n;
         let mut batch = 0;
         loop {
@@ -232,7 +231,7 @@ async fn tun_to_udp(
                     udp.send(&engine, &tx).await;
                     tx.clear();
                 }
-                engine.encapsulate(&mut bufs[i], sizes[i], &mut tx, now);
+                engine.encapsulate(&mut bufs[i], sizes[i], &mut tx);
             }
             batch += ready.max(1);
             // Without offload every read is one packet: drain what else is ready into the batch.
@@ -284,7 +283,6 @@ async fn udp_to_tun(
                 continue;
             }
         };
-        let now = SystemTime::now();
         for (m, buf) in meta.iter().zip(&storage).take(count) {
             let src = canonical(m.addr);
             if m.len == 0 {
@@ -294,7 +292,7 @@ async fn udp_to_tun(
             }
             let stride = m.stride.max(1);
             for datagram in buf[..m.len].chunks(stride) {
-                engine.decapsulate(src, datagram, &mut rx, &mut tx, now);
+                engine.decapsulate(src, datagram, &mut rx, &mut tx);
                 if rx.is_full() {
                     flush_tun(&engine, &tun, &mut rx, &mut gro).await;
                 }
@@ -324,19 +322,26 @@ async fn flush_tun(engine: &Engine, tun: &AsyncDevice, rx: &mut RxQueue, gro: &m
     rx.clear();
 }
 
+/// Every [`TICK`], one round of every peer's timers, sent in batches of the queue's size.
 async fn timers(engine: Arc<Engine>, udp: Arc<Udp>, mut shutdown: watch::Receiver<bool>) {
     let mut tx = TxQueue::new(64, 256, 1);
     let mut interval = tokio::time::interval(TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ticks: u64 = 0;
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = interval.tick() => {}
         }
-        ticks += 1;
-        engine.tick(&mut tx, SystemTime::now(), ticks.is_multiple_of(4));
-        udp.send(&engine, &tx).await;
-        tx.clear();
+        // The clock boringtun's timers read, not the tick's deadline (tokio's, which lags
+        // when the runtime was busy and stops when tokio time is paused).
+        let mut round = engine.tick(Instant::now());
+        loop {
+            let done = round.run(&mut tx);
+            udp.send(&engine, &tx).await;
+            tx.clear();
+            if done {
+                break;
+            }
+        }
     }
 }

@@ -1,20 +1,23 @@
-//! One remote gateway: its boringtun `Tunn`, its current endpoint, its counters and health.
+//! One remote gateway: its boringtun `Tunn`, its current endpoint, its counters and health, and
+//! the [`PeerSnapshot`] the operator interfaces read.
 
 use super::drops::{DropCounters, DropReason};
-use crate::admin::proto::{PeerInfo, PeerState};
 use crate::config::PeerConfig;
 use crate::keys::PublicKey;
 use boringtun::noise::Tunn;
 use ipnet::IpNet;
 use parking_lot::{Mutex, RwLock};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// A session older than this is dead (WireGuard paper §6.1, Reject-After-Time).
 pub const REJECT_AFTER_TIME: Duration = Duration::from_secs(180);
 /// Handshake retries stop after this long without an answer (§6.4, Rekey-Attempt-Time).
 pub const REKEY_ATTEMPT_TIME: Duration = Duration::from_secs(90);
+/// A failed send marks the peer as failing for this long (unless a handshake clears it).
+const SEND_ERROR_SHOWN_FOR: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Default)]
 pub struct PeerStats {
@@ -28,13 +31,73 @@ pub struct PeerStats {
     pub handshakes: AtomicU64,
 }
 
+impl PeerStats {
+    pub fn snapshot(&self) -> PeerCounters {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        PeerCounters {
+            rx_bytes: get(&self.rx_bytes),
+            tx_bytes: get(&self.tx_bytes),
+            rx_wire_bytes: get(&self.rx_wire_bytes),
+            tx_wire_bytes: get(&self.tx_wire_bytes),
+            rx_packets: get(&self.rx_packets),
+            tx_packets: get(&self.tx_packets),
+            handshakes: get(&self.handshakes),
+        }
+    }
+}
+
+/// [`PeerStats`] read at one moment. Byte counters count inner IP packet bytes, keepalives
+/// excluded; `*_wire_bytes` count UDP payload bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerCounters {
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_wire_bytes: u64,
+    pub tx_wire_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub handshakes: u64,
+}
+
+/// Where a peer's session stands, judged at some `now`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionState {
+    /// No valid session yet (or it lapsed); handshakes go to the peer's endpoint.
+    Connecting,
+    /// No endpoint to send to: waiting for the peer to handshake first.
+    AwaitingPeer,
+    /// A session from a handshake younger than Reject-After-Time (WireGuard paper §6.1).
+    Connected,
+    /// Handshakes were given up: Rekey-Attempt-Time passed with no answer (§6.4).
+    HandshakeTimedOut,
+    /// The kernel refused a datagram to the peer's endpoint lately; the error as it said it.
+    SendFailed(String),
+}
+
+/// A peer as the operator interfaces show it, read at one `now`. Times are monotonic; the
+/// interfaces convert them to wall-clock time where a protocol wants one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerSnapshot {
+    pub public_key: PublicKey,
+    /// The configured name, if any.
+    pub name: Option<String>,
+    pub endpoint: Option<SocketAddr>,
+    pub allowed_ips: Vec<IpNet>,
+    pub persistent_keepalive: Option<u16>,
+    pub counters: PeerCounters,
+    /// Packets dropped that are attributable to this peer, every reason with its count.
+    pub drops: BTreeMap<String, u64>,
+    pub last_handshake: Option<Instant>,
+    pub state: ConnectionState,
+}
+
 /// What the operator sees about a peer besides counters; changed by reloads and timers.
 #[derive(Debug, Default)]
 struct Health {
-    last_handshake: Option<SystemTime>,
+    last_handshake: Option<Instant>,
     /// Set when handshakes were given up (Rekey-Attempt-Time passed with no answer).
     expired: bool,
-    last_send_error: Option<(SystemTime, String)>,
+    last_send_error: Option<(Instant, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -163,7 +226,7 @@ impl Peer {
         iface.inc(reason);
     }
 
-    pub(super) fn note_send_error(&self, now: SystemTime, error: &std::io::Error) {
+    pub(super) fn note_send_error(&self, now: Instant, error: &std::io::Error) {
         self.health.lock().last_send_error = Some((now, error.to_string()));
     }
 
@@ -172,7 +235,7 @@ impl Peer {
     }
 
     /// Records a handshake completion seen through `Tunn`'s session age; counts new ones.
-    pub(super) fn observe_handshake(&self, now: SystemTime, since: Option<Duration>) {
+    pub(super) fn observe_handshake(&self, now: Instant, since: Option<Duration>) {
         let Some(since) = since else { return };
         let at = now.checked_sub(since).unwrap_or(now);
         let mut h = self.health.lock();
@@ -189,78 +252,51 @@ impl Peer {
         }
     }
 
-    pub fn last_handshake(&self) -> Option<SystemTime> {
-        self.health.lock().last_handshake
-    }
-
-    pub fn state(&self, now: SystemTime) -> (PeerState, Option<String>) {
+    /// Where this peer's session stands at `now`.
+    pub fn state(&self, now: Instant) -> ConnectionState {
         let h = self.health.lock();
-        let fresh = h
-            .last_handshake
-            .and_then(|t| now.duration_since(t).ok())
-            .is_some_and(|age| age < REJECT_AFTER_TIME);
         if let Some((at, err)) = &h.last_send_error {
-            if now.duration_since(*at).unwrap_or_default() < Duration::from_secs(30) {
-                return (
-                    PeerState::Error,
-                    Some(format!("send to endpoint failed: {err}")),
-                );
+            if now.saturating_duration_since(*at) < SEND_ERROR_SHOWN_FOR {
+                return ConnectionState::SendFailed(err.clone());
             }
         }
+        let fresh = h
+            .last_handshake
+            .is_some_and(|t| now.saturating_duration_since(t) < REJECT_AFTER_TIME);
         if fresh {
-            return (PeerState::Connected, None);
+            ConnectionState::Connected
+        } else if h.expired {
+            ConnectionState::HandshakeTimedOut
+        } else if self.endpoint().is_none() {
+            ConnectionState::AwaitingPeer
+        } else {
+            ConnectionState::Connecting
         }
-        if h.expired {
-            return (
-                PeerState::Error,
-                Some(format!(
-                    "no handshake answer for {} s",
-                    REKEY_ATTEMPT_TIME.as_secs()
-                )),
-            );
-        }
-        if self.endpoint().is_none() {
-            return (
-                PeerState::Connecting,
-                Some("no endpoint: waiting for the peer to connect".into()),
-            );
-        }
-        (PeerState::Connecting, None)
     }
 
-    pub fn info(&self, now: SystemTime) -> PeerInfo {
-        let (keepalive, since) = {
+    /// Everything the operator interfaces show about this peer, read at `now`.
+    pub fn snapshot(&self, now: Instant) -> PeerSnapshot {
+        let (persistent_keepalive, since) = {
             let t = self.tunn.lock();
             (t.persistent_keepalive(), t.stats().0)
         };
-        let tx_bytes = self.stats.tx_bytes.load(Ordering::Relaxed);
         // Between timer ticks a handshake may have completed; show it now.
         self.observe_handshake(now, since);
-        let (status, status_reason) = self.state(now);
         let meta = self.meta.read().clone();
-        PeerInfo {
-            public_key: self.public_key.to_base64(),
+        // Read before the literal: a guard taken inside it would live to its end, and
+        // `state` takes the same lock.
+        let last_handshake = self.health.lock().last_handshake;
+        let state = self.state(now);
+        PeerSnapshot {
+            public_key: self.public_key,
             name: meta.name,
-            endpoint: self.endpoint().map(|e| e.to_string()),
-            status,
-            status_reason,
-            last_handshake_unix_ms: self
-                .last_handshake()
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map(|d| d.as_millis() as u64),
-            rx_bytes: self.stats.rx_bytes.load(Ordering::Relaxed),
-            tx_bytes,
-            rx_wire_bytes: self.stats.rx_wire_bytes.load(Ordering::Relaxed),
-            tx_wire_bytes: self.stats.tx_wire_bytes.load(Ordering::Relaxed),
-            rx_packets: self.stats.rx_packets.load(Ordering::Relaxed),
-            tx_packets: self.stats.tx_packets.load(Ordering::Relaxed),
-            handshakes: self.stats.handshakes.load(Ordering::Relaxed),
-            allowed_ips: meta.allowed_ips.iter().map(|n| n.to_string()).collect(),
-            persistent_keepalive: keepalive,
-            dropped: self.drops.snapshot(),
-            spiffe_id: None,
-            svid_expires_unix_ms: None,
-            verified: false,
+            endpoint: self.endpoint(),
+            allowed_ips: meta.allowed_ips,
+            persistent_keepalive,
+            counters: self.stats.snapshot(),
+            drops: self.drops.snapshot(),
+            last_handshake,
+            state,
         }
     }
 }

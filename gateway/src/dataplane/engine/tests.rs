@@ -1,6 +1,7 @@
 //! Two engines wired back to back in memory: handshakes, data both ways, and every drop rule.
 
 use super::*;
+use crate::dataplane::peer::ConnectionState;
 use crate::dataplane::queue::{RxQueue, TxQueue};
 
 const A_ADDR: ([u8; 4], u16) = ([192, 0, 2, 1], 51820);
@@ -64,7 +65,7 @@ fn ipv4(src: [u8; 4], dst: [u8; 4], payload_len: usize) -> Vec<u8> {
 fn encap(engine: &Engine, packet: &[u8], tx: &mut TxQueue) {
     let mut buf = packet.to_vec();
     buf.resize(packet.len() + 64, 0xee);
-    engine.encapsulate(&mut buf, packet.len(), tx, SystemTime::now());
+    engine.encapsulate(&mut buf, packet.len(), tx);
 }
 
 fn datagrams(tx: &TxQueue) -> Vec<(SocketAddr, Vec<u8>)> {
@@ -81,11 +82,9 @@ fn datagrams(tx: &TxQueue) -> Vec<(SocketAddr, Vec<u8>)> {
 fn deliver(from: &mut Side, to: &mut Side) -> usize {
     let grams = datagrams(&from.tx);
     from.tx.clear();
-    let now = SystemTime::now();
     for (dest, g) in &grams {
         assert_eq!(*dest, to.addr, "sent to the peer's endpoint");
-        to.engine
-            .decapsulate(from.addr, g, &mut to.rx, &mut to.tx, now);
+        to.engine.decapsulate(from.addr, g, &mut to.rx, &mut to.tx);
     }
     grams.len()
 }
@@ -128,13 +127,15 @@ fn handshake_then_data_both_ways_with_exact_counters() {
         deliver(&mut b, &mut a);
         assert_eq!(received(&mut a), vec![back]);
     }
-    let now = SystemTime::now();
-    let pa = peer_of(&a).info(now);
-    let pb = peer_of(&b).info(now);
-    assert_eq!(pa.tx_bytes as usize, sent);
-    assert_eq!(pb.rx_bytes as usize, sent);
-    assert_eq!(pb.tx_bytes, pa.rx_bytes);
-    assert_eq!(pb.rx_packets, 5);
+    let now = Instant::now();
+    let pa = peer_of(&a).snapshot(now);
+    let pb = peer_of(&b).snapshot(now);
+    assert_eq!(pa.counters.tx_bytes as usize, sent);
+    assert_eq!(pb.counters.rx_bytes as usize, sent);
+    assert_eq!(pb.counters.tx_bytes, pa.counters.rx_bytes);
+    assert_eq!(pb.counters.rx_packets, 5);
+    assert_eq!(pa.counters.handshakes, 1);
+    assert_eq!(pa.state, ConnectionState::Connected);
 }
 
 #[test]
@@ -165,7 +166,7 @@ fn inner_source_outside_allowed_ips_is_dropped_and_counted() {
     assert!(received(&mut a).is_empty());
     assert_eq!(peer_of(&a).drops.get(DropReason::SourceNotAllowed), 1);
     assert_eq!(a.engine.drops.get(DropReason::SourceNotAllowed), 1);
-    assert_eq!(peer_of(&a).info(SystemTime::now()).rx_bytes, 0);
+    assert_eq!(peer_of(&a).snapshot(Instant::now()).counters.rx_bytes, 0);
 }
 
 #[test]
@@ -179,10 +180,9 @@ fn replayed_datagram_is_dropped() {
     );
     let grams = datagrams(&a.tx);
     a.tx.clear();
-    let now = SystemTime::now();
     for _ in 0..3 {
         b.engine
-            .decapsulate(a.addr, &grams[0].1, &mut b.rx, &mut b.tx, now);
+            .decapsulate(a.addr, &grams[0].1, &mut b.rx, &mut b.tx);
     }
     assert_eq!(received(&mut b).len(), 1);
     assert_eq!(peer_of(&b).drops.get(DropReason::Replay), 2);
@@ -199,7 +199,6 @@ fn garbage_and_truncation_change_nothing() {
     );
     let good = datagrams(&a.tx).remove(0).1;
     a.tx.clear();
-    let now = SystemTime::now();
     let mut seed = 0x1234_5678_u64;
     let mut rand = || {
         seed ^= seed << 13;
@@ -232,7 +231,6 @@ fn garbage_and_truncation_change_nothing() {
             &g,
             &mut b.rx,
             &mut b.tx,
-            now,
         );
     }
     assert!(
@@ -245,8 +243,7 @@ fn garbage_and_truncation_change_nothing() {
         "forgeries do not move the endpoint"
     );
     // The genuine datagram still decrypts: the session survived.
-    b.engine
-        .decapsulate(a.addr, &good, &mut b.rx, &mut b.tx, now);
+    b.engine.decapsulate(a.addr, &good, &mut b.rx, &mut b.tx);
     assert_eq!(received(&mut b).len(), 1);
 }
 
@@ -326,9 +323,10 @@ fn no_endpoint_is_counted() {
     encap(&a, &ipv4([10, 1, 1, 2], [10, 2, 1, 2], 5), &mut tx);
     assert!(tx.is_empty());
     assert_eq!(a.drops.get(DropReason::NoEndpoint), 1);
-    let (state, reason) = a.peers().list[0].state(SystemTime::now());
-    assert_eq!(state, crate::admin::proto::PeerState::Connecting);
-    assert!(reason.unwrap().contains("no endpoint"));
+    assert_eq!(
+        a.peers().list[0].state(Instant::now()),
+        ConnectionState::AwaitingPeer
+    );
 }
 
 #[test]
@@ -409,4 +407,103 @@ fn retiring_peer_keeps_its_session_inbound_but_gets_no_routes() {
     deliver(&mut b, &mut a);
     assert!(received(&mut a).is_empty());
     assert_eq!(a.engine.drops.get(DropReason::UnknownPeer), 1);
+}
+
+/// More peers than the timer queue (as `io.rs` sizes it) has slots, each with an endpoint, so
+/// each wants a handshake initiation at its first tick.
+fn crowd(peers: u16) -> (Engine, Vec<SocketAddr>) {
+    let endpoints: Vec<SocketAddr> = (0..peers)
+        .map(|i| SocketAddr::from(([192, 0, 2, 9], 20_000 + i)))
+        .collect();
+    let configs: Vec<PeerConfig> = endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, ep)| {
+            let prefix = format!("10.{}.{}.0/24", 100 + i / 256, i % 256);
+            peer_cfg(&PrivateKey::generate(), Some(*ep), &[prefix.as_str()])
+        })
+        .collect();
+    (
+        Engine::new(PrivateKey::generate(), 1420, &configs),
+        endpoints,
+    )
+}
+
+/// Runs one tick round to its end the way `io.rs` does, returning what each call queued.
+fn tick_round(engine: &Engine, tx: &mut TxQueue) -> Vec<Vec<(SocketAddr, Vec<u8>)>> {
+    let mut round = engine.tick(Instant::now());
+    let mut batches = Vec::new();
+    loop {
+        let done = round.run(tx);
+        batches.push(datagrams(tx));
+        tx.clear();
+        if done {
+            return batches;
+        }
+    }
+}
+
+#[test]
+fn every_peer_is_ticked_when_peers_outnumber_the_queue() {
+    // The queue holds 16 KiB: 109 handshake initiations.
+    const PEERS: u16 = 250;
+    let (engine, endpoints) = crowd(PEERS);
+    let mut tx = TxQueue::new(64, 256, 1);
+    let batches = tick_round(&engine, &mut tx);
+    let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+    assert!(
+        sizes.len() >= 3 && sizes.iter().all(|n| *n > 0),
+        "the round stops at a full queue and resumes after it was sent: {sizes:?}"
+    );
+    let sent: Vec<_> = batches.into_iter().flatten().collect();
+    for (_, g) in &sent {
+        assert_eq!((g[0], g.len()), (1, 148), "a handshake initiation");
+    }
+    let dests: std::collections::BTreeSet<_> = sent.iter().map(|(d, _)| *d).collect();
+    assert_eq!(
+        dests,
+        endpoints.iter().copied().collect(),
+        "one to every peer"
+    );
+    for peer in &engine.peers().list {
+        assert_eq!(
+            peer.snapshot(Instant::now()).counters.tx_wire_bytes,
+            148,
+            "counted against its own peer"
+        );
+    }
+    // The initiations were sent; the next round has nothing new to say.
+    assert!(tick_round(&engine, &mut tx).concat().is_empty());
+}
+
+#[test]
+fn a_tick_round_finishes_the_peer_set_it_started_with() {
+    let (engine, endpoints) = crowd(10);
+    let mut tx = TxQueue::new(4, 256, 1);
+    let mut round = engine.tick(Instant::now());
+    assert!(!round.run(&mut tx));
+    let mut sent = datagrams(&tx).len();
+    tx.clear();
+    // A reload in the middle of the round does not shift or skip anyone in it.
+    let diff = engine.apply_peers(&[]);
+    assert_eq!(diff.removed.len(), endpoints.len());
+    while !round.run(&mut tx) {
+        sent += datagrams(&tx).len();
+        tx.clear();
+    }
+    sent += datagrams(&tx).len();
+    assert_eq!(sent, endpoints.len());
+}
+
+#[test]
+fn a_full_queue_defers_a_peer_instead_of_losing_its_turn() {
+    let (engine, _) = crowd(1);
+    let mut tx = TxQueue::new(1, 256, 1);
+    tx.push(SocketAddr::from(B_ADDR), &[0; 32], None);
+    assert!(tx.is_full());
+    let mut round = engine.tick(Instant::now());
+    assert!(!round.run(&mut tx), "no room: the peer waits");
+    tx.clear();
+    assert!(round.run(&mut tx));
+    assert_eq!(datagrams(&tx).len(), 1, "and then gets its initiation");
 }

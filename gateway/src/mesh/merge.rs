@@ -1,192 +1,20 @@
-//! The daemon's side of mesh membership (`[members]`, see `crate::members` for the records and
-//! the table): our own signed record, records received over the sync sessions, and the one
-//! peer set the engine runs, merged from configured, joined and member peers.
-//!
-//! Flow: at start, on refresh and on rotation we sign our record and hand the gossip (every
-//! record we hold) to the control plane, which sends it on every session and to every new
-//! one. A received record is verified and merged; if anything changed, the peers are
-//! re-applied (WireGuard peers, kernel routes, the control plane's directory) and the gossip
-//! is sent on, so a change crosses the mesh in one hop per gateway. On shutdown we sign a
-//! leaving record and send it before saying Bye.
+//! One peer set from every source: peers by key from the file, peers by identity that
+//! joined, and members learned from signed records, with every learned prefix given to one
+//! owner only. Pure: the [`super::Mesh`] calls [`merge`] and the daemon applies the result.
 
-use crate::config::{overlaps, IdentityConfig, IdentityPeerConfig, MembersConfig, PeerConfig};
-use crate::control::peers::MeshPeer;
+use super::directory::MeshPeer;
+use super::joined::JoinedSlot;
+use super::records::MemberPeer;
+use crate::config::{overlaps, IdentityPeerConfig, PeerConfig};
 use crate::keys::PublicKey;
-use crate::members::{
-    sign_record, verify_member, Change, MemberPeer, MemberRecord, MemberTable, OpaqueMember,
-};
-use crate::membership::JoinedSlot;
-use anyhow::Context as _;
 use ipnet::IpNet;
-use isthmus_pki::{Bundle, SpiffeId, SvidSigner};
-use parking_lot::{Mutex, RwLock};
-use std::collections::BTreeMap;
+use isthmus_pki::SpiffeId;
 use std::net::IpAddr;
 use std::time::SystemTime;
 
-/// What signs our record: the SVID's key and chain, replaced on rotation.
-struct Signing {
-    signer: SvidSigner,
-    chain: Vec<Vec<u8>>,
-    bundle: Bundle,
-}
-
-/// Membership state of a gateway with `[members]`.
-pub(crate) struct MeshMembers {
-    pub config: MembersConfig,
-    table: Mutex<MemberTable>,
-    signing: RwLock<Signing>,
-    /// Records refused, by rule.
-    refused: Mutex<BTreeMap<&'static str, u64>>,
-}
-
-/// What a received batch of records changed.
-#[derive(Debug, Default)]
-pub(crate) struct Received {
-    /// Members added, updated or gone: the peers must be re-applied and the gossip sent on.
-    pub changed: bool,
-    /// Identities whose leaving record was accepted.
-    pub left: Vec<SpiffeId>,
-}
-
-fn signing(identity: &IdentityConfig) -> anyhow::Result<Signing> {
-    let path = identity
-        .svid_key_file
-        .as_ref()
-        .context("[members] needs interface.svid_key_file")?;
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let signer = SvidSigner::from_pem(&text)
-        .with_context(|| format!("{}: not the SVID's private key", path.display()))?;
-    let leaf = identity.chain.first().context("empty SVID chain")?;
-    signer.check_leaf(leaf).with_context(|| {
-        format!(
-            "{} does not match the SVID in {}",
-            path.display(),
-            identity.svid_file.display()
-        )
-    })?;
-    Ok(Signing {
-        signer,
-        chain: identity.chain.clone(),
-        bundle: identity.bundle.clone(),
-    })
-}
-
-impl MeshMembers {
-    pub fn new(config: &MembersConfig, identity: &IdentityConfig) -> anyhow::Result<Self> {
-        Ok(Self {
-            config: config.clone(),
-            table: Mutex::new(MemberTable::new(identity.id.clone(), config.table)),
-            signing: RwLock::new(signing(identity)?),
-            refused: Mutex::new(BTreeMap::new()),
-        })
-    }
-
-    /// After a rotation: sign with the new SVID and verify against the new bundle.
-    pub fn set_identity(&self, identity: &IdentityConfig) -> anyhow::Result<()> {
-        *self.signing.write() = signing(identity)?;
-        Ok(())
-    }
-
-    /// Signs and sets our record (`leaving` on shutdown) with a new generation.
-    pub fn sign_own(
-        &self,
-        wg_public_key: &PublicKey,
-        mesh_addr: IpAddr,
-        leaving: bool,
-        now: SystemTime,
-    ) -> anyhow::Result<()> {
-        let signing = self.signing.read();
-        let mut table = self.table.lock();
-        let record = MemberRecord {
-            spiffe_id: table.own_id().clone(),
-            wg_public_key: *wg_public_key.as_bytes(),
-            endpoint: self.config.endpoint,
-            join_endpoint: self.config.join_endpoint,
-            mesh_addr,
-            prefixes: self.config.prefixes.clone(),
-            generation: table.next_generation(now),
-            leaving,
-        };
-        let opaque = sign_record(&record, &signing.signer, &signing.chain)
-            .map_err(|e| anyhow::anyhow!("signing our member record: {e}"))?;
-        let verified = verify_member(&opaque, &signing.bundle, now)
-            .map_err(|e| anyhow::anyhow!("our own member record does not verify: {e}"))?;
-        table
-            .set_own(verified)
-            .map_err(|e| anyhow::anyhow!("our own member record refused: {e}"))?;
-        Ok(())
-    }
-
-    /// Verifies and merges records a peer sent.
-    pub fn receive(&self, records: &[OpaqueMember], now: SystemTime) -> Received {
-        let bundle = self.signing.read().bundle.clone();
-        let mut out = Received::default();
-        let mut table = self.table.lock();
-        for opaque in records {
-            if table.holds(opaque) {
-                continue;
-            }
-            let member = match verify_member(opaque, &bundle, now) {
-                Ok(m) => m,
-                Err(e) => {
-                    *self.refused.lock().entry(e.rule()).or_default() += 1;
-                    tracing::warn!(error = %e, rule = e.rule(), "member record refused");
-                    continue;
-                }
-            };
-            let id = member.id().clone();
-            let generation = member.record().generation;
-            match table.insert(member, now) {
-                Change::New => {
-                    tracing::info!(member = %id, generation, "new mesh member");
-                    out.changed = true;
-                }
-                Change::Updated => {
-                    tracing::debug!(member = %id, generation, "member record updated");
-                    out.changed = true;
-                }
-                Change::Left => {
-                    tracing::info!(member = %id, "mesh member left");
-                    out.changed = true;
-                    out.left.push(id);
-                }
-                Change::Unchanged | Change::Stale => {}
-                Change::Conflict => {
-                    *self.refused.lock().entry("conflict").or_default() += 1;
-                    tracing::warn!(member = %id, generation, "two different records of one generation: two gateways share this identity; keeping the first");
-                }
-            }
-        }
-        out
-    }
-
-    /// Drops records past their lifetime (and tombstones past theirs); whether any went.
-    pub fn expire(&self, now: SystemTime) -> bool {
-        self.table.lock().expire(now)
-    }
-
-    pub fn needs_refresh(&self, now: SystemTime) -> bool {
-        self.table.lock().needs_refresh(now)
-    }
-
-    pub fn peers(&self, now: SystemTime) -> Vec<MemberPeer> {
-        self.table.lock().peers(now)
-    }
-
-    pub fn gossip(&self) -> Vec<OpaqueMember> {
-        self.table.lock().gossip()
-    }
-
-    pub fn refused(&self) -> BTreeMap<&'static str, u64> {
-        self.refused.lock().clone()
-    }
-}
-
 /// The engine's peer set and what goes with it.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub(crate) struct Merged {
+pub struct Merged {
     pub peers: Vec<PeerConfig>,
     /// Peers the control plane syncs with: a gateway identity and a mesh address routed to it.
     pub mesh: Vec<MeshPeer>,
@@ -236,7 +64,7 @@ impl Claims {
 
 /// How `tunctl peers` names a gateway learned without a name in the file: `<cluster>/<node>`
 /// of `spiffe://<td>/cluster/<cluster>/gateway/<node>` (the SPIFFE ID column has the rest).
-pub(crate) fn short_name(id: &SpiffeId) -> String {
+pub fn short_name(id: &SpiffeId) -> String {
     let segs: Vec<&str> = id.segments().collect();
     match segs.as_slice() {
         ["cluster", c, "gateway", n] => format!("{c}/{n}"),
@@ -249,7 +77,7 @@ fn host(addr: IpAddr) -> IpNet {
 }
 
 /// Members learned from records, and the keepalive to give them.
-pub(crate) struct Learned {
+pub struct Learned {
     pub members: Vec<MemberPeer>,
     pub keepalive: Option<u16>,
 }
@@ -265,7 +93,7 @@ pub(crate) struct Learned {
 /// peer by identity it is not. A refused prefix is reported, never taken from its holder.
 /// Without `[members]` (`learned` is `None`) nothing is learned: a joined peer is synced with
 /// only when its mesh address lies inside its configured prefixes.
-pub(crate) fn merge(
+pub fn merge(
     own: &[IpNet],
     configured: &[PeerConfig],
     slots: &[IdentityPeerConfig],
@@ -318,7 +146,7 @@ pub(crate) fn merge(
         }
         if let Some(a) = mesh_addr {
             if peer.allowed_ips.iter().any(|n| n.contains(&a)) {
-                out.mesh.extend(MeshPeer::new(a, j.id.as_str()));
+                out.mesh.extend(MeshPeer::new(a, &j.id));
             } else {
                 tracing::debug!(peer = %owner, mesh_addr = %a, "mesh address outside the peer's allowed_ips; no catalog sync with it");
             }
@@ -351,8 +179,7 @@ pub(crate) fn merge(
             }
         }
         if allowed.contains(&host(m.mesh_addr)) {
-            out.mesh
-                .extend(MeshPeer::new(m.mesh_addr, m.spiffe_id.as_str()));
+            out.mesh.extend(MeshPeer::new(m.mesh_addr, &m.spiffe_id));
         }
         out.members.push((key, m.spiffe_id.clone(), m.not_after));
         out.peers.push(PeerConfig {

@@ -1,11 +1,11 @@
-//! Owner-only Unix socket files for the admin socket and the UAPI socket.
+//! Owner-only Unix socket files for the sockets the daemon serves on its node: the admin
+//! socket, the UAPI socket and the catalog watch socket.
 //!
 //! The socket is bound inside a private (0700) scratch directory, chmod-ed to 0600 and only then
 //! renamed to its public path, so no other user can ever connect through a window in which the
 //! socket still has umask permissions. [`SocketFile`] unlinks the path when dropped, but only
 //! while the path still names the socket we bound (a second daemon may have replaced it).
 
-use super::AdminSource;
 use anyhow::{bail, Context as _};
 use std::fs::{self, DirBuilder, Permissions};
 use std::future::Future;
@@ -178,15 +178,17 @@ pub(crate) async fn linger<R: AsyncRead + Unpin>(reader: R) {
 }
 
 /// Accepts connections on `listener` forever, at most `max` at a time, each handled by
-/// `handle`. Aborting the task that runs this aborts every connection in flight.
-pub(crate) async fn accept_loop<F, Fut>(
+/// `handle` with a clone of `state`. Aborting the task that runs this aborts every connection
+/// in flight.
+pub(crate) async fn accept_loop<S, F, Fut>(
     listener: UnixListener,
-    source: Arc<dyn AdminSource>,
+    state: S,
     max: usize,
     what: &'static str,
     handle: F,
 ) where
-    F: Fn(UnixStream, Arc<dyn AdminSource>) -> Fut,
+    S: Clone,
+    F: Fn(UnixStream, S) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let permits = Arc::new(Semaphore::new(max));
@@ -198,7 +200,7 @@ pub(crate) async fn accept_loop<F, Fut>(
         };
         match listener.accept().await {
             Ok((stream, _)) => {
-                let conn = handle(stream, source.clone());
+                let conn = handle(stream, state.clone());
                 connections.spawn(async move {
                     conn.await;
                     drop(permit);

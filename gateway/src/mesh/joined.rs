@@ -10,14 +10,13 @@
 //! old session continues until the peer switches, and it is refused once the grace period ends
 //! ([`Membership::expire`]).
 
-use crate::admin::proto::{PeerInfo, PeerState};
 use crate::config::{Expected, IdentityPeerConfig, PeerConfig};
 use crate::identity::{JoinedPeer, PeerVerifier, VerifiedPeer};
 use crate::keys::PublicKey;
 use isthmus_pki::{Bundle, SpiffeId};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 /// Verifies join chains against the trust bundle; as responder, accepts only identities some
 /// configured peer expects.
@@ -77,7 +76,7 @@ pub enum SlotState {
     },
     Joined {
         key: PublicKey,
-        id: String,
+        id: SpiffeId,
         not_after: SystemTime,
         wg_endpoint: Option<SocketAddr>,
         /// Where the peer is reached through the tunnel (it said so in the join).
@@ -92,8 +91,12 @@ pub struct Retiring {
     pub until: SystemTime,
 }
 
+/// A slot's name that stays while the slot exists (indices move when slots come and go).
+pub type SlotId = u64;
+
 #[derive(Debug, Clone)]
 pub struct Slot {
+    pub id: SlotId,
     pub config: IdentityPeerConfig,
     pub state: SlotState,
     /// Join again although joined: our key or SVID changed and the peer must learn it.
@@ -121,6 +124,45 @@ pub struct Membership {
     /// Accept joins from any gateway of the trust domain (`[members]`), as dynamic slots
     /// with this keepalive.
     pub accept_any_gateway: Option<Option<u16>>,
+    next_id: SlotId,
+}
+
+/// A pending (or re-joining) peer for the connector: where to join it and whom to expect.
+#[derive(Debug, Clone)]
+pub struct JoinTarget {
+    pub slot: SlotId,
+    /// Through the tunnel first (a re-join after our rotation), then the underlay.
+    pub addrs: Vec<SocketAddr>,
+    pub expected: Expected,
+}
+
+/// What `tunctl peers` shows of a peer by identity, beside the engine's counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentityRow {
+    /// The engine runs this key: its identity and SVID expiry.
+    Keyed {
+        key: PublicKey,
+        spiffe_id: SpiffeId,
+        not_after: SystemTime,
+        /// Rotated away: the old key is accepted until then; the slot's name.
+        retiring_until: Option<(SystemTime, String)>,
+    },
+    /// Named in the file, not joined (yet, or any more).
+    Pending {
+        name: String,
+        endpoint: Option<SocketAddr>,
+        reason: PendingReason,
+        allowed_ips: Vec<ipnet::IpNet>,
+        persistent_keepalive: Option<u16>,
+        spiffe_id: Option<SpiffeId>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PendingReason {
+    Joining,
+    WaitingForPeer,
+    Refused(String),
 }
 
 impl Membership {
@@ -129,6 +171,7 @@ impl Membership {
             slots: Vec::new(),
             grace,
             accept_any_gateway: None,
+            next_id: 0,
         };
         m.reconfigure(configs);
         m
@@ -142,7 +185,12 @@ impl Membership {
             let previous = old
                 .iter()
                 .find(|s| !s.dynamic && s.config.expected == c.expected);
+            let id = match previous {
+                Some(p) => p.id,
+                None => self.fresh_id(),
+            };
             self.slots.push(Slot {
+                id,
                 config: c.clone(),
                 state: previous
                     .map(|s| s.state.clone())
@@ -155,8 +203,7 @@ impl Membership {
         // A gateway that joined us by itself stays, unless the file now names it.
         for slot in old.into_iter().filter(|s| s.dynamic) {
             let named = match &slot.state {
-                SlotState::Joined { id, .. } => SpiffeId::new(id)
-                    .is_ok_and(|id| configs.iter().any(|c| c.expected.matches(&id))),
+                SlotState::Joined { id, .. } => configs.iter().any(|c| c.expected.matches(id)),
                 SlotState::Pending { .. } => true,
             };
             if !named {
@@ -168,8 +215,7 @@ impl Membership {
     /// A joined gateway left the mesh (its signed leaving record came): a slot it filled by
     /// joining us goes; a configured one waits for it to join again.
     pub fn left(&mut self, id: &SpiffeId) {
-        let is_it =
-            |s: &Slot| matches!(&s.state, SlotState::Joined { id: j, .. } if j == id.as_str());
+        let is_it = |s: &Slot| matches!(&s.state, SlotState::Joined { id: j, .. } if j == id);
         self.slots.retain(|s| !(s.dynamic && is_it(s)));
         for slot in self.slots.iter_mut().filter(|s| is_it(s)) {
             slot.state = SlotState::Pending {
@@ -190,7 +236,7 @@ impl Membership {
             return Some(i);
         }
         if let Some(i) = self.slots.iter().position(|s| {
-            s.dynamic && matches!(&s.state, SlotState::Joined { id: j, .. } if j == id.as_str())
+            s.dynamic && matches!(&s.state, SlotState::Joined { id: j, .. } if j == id)
         }) {
             return Some(i);
         }
@@ -198,9 +244,11 @@ impl Membership {
         if !Expected::AnyGateway.matches(id) {
             return None;
         }
+        let slot_id = self.fresh_id();
         self.slots.push(Slot {
+            id: slot_id,
             config: IdentityPeerConfig {
-                name: Some(crate::daemon::mesh::short_name(id)),
+                name: Some(super::merge::short_name(id)),
                 expected: Expected::Id(id.clone()),
                 endpoint: None,
                 join_endpoint: None,
@@ -220,7 +268,7 @@ impl Membership {
     /// filled, or `None` if no slot expects it (the verifier refuses those, so this only
     /// happens after a reload raced the join). A peer that joined before with another key
     /// rotated: its old key retires for the grace period.
-    pub fn joined(&mut self, peer: &JoinedPeer, now: SystemTime) -> Option<usize> {
+    pub fn joined(&mut self, peer: &JoinedPeer, now: SystemTime) -> Option<SlotId> {
         let id = SpiffeId::new(&peer.joined.peer_id).ok()?;
         let i = self.slot_for(&id)?;
         let grace = self.grace;
@@ -246,7 +294,7 @@ impl Membership {
         slot.rejoin = false;
         slot.state = SlotState::Joined {
             key,
-            id: id.as_str().to_string(),
+            id,
             not_after: peer.joined.not_after,
             // A join through the tunnel comes from a mesh address: keep the endpoint we had.
             wg_endpoint: slot
@@ -256,7 +304,7 @@ impl Membership {
                 .or(previous_endpoint),
             mesh_addr: peer.joined.mesh_addr,
         };
-        Some(i)
+        Some(slot.id)
     }
 
     /// Ends grace periods and SVIDs that are over at `now`: retiring keys are dropped, and a
@@ -276,7 +324,8 @@ impl Membership {
             changed |= slot.retiring.len() != before;
             if let SlotState::Joined { not_after, id, .. } = &slot.state {
                 if *not_after <= now {
-                    tracing::warn!(peer = %id, "peer SVID expired; its key is removed until it joins again");
+                    tracing::debug!(peer = %id, "peer SVID expired");
+                    tracing::warn!(peer = %slot.config.display_name(), "peer SVID expired; its key is removed until it joins again");
                     slot.state = SlotState::Pending {
                         last_error: Some("peer SVID expired".into()),
                     };
@@ -303,16 +352,9 @@ impl Membership {
             .any(|s| matches!(s.state, SlotState::Joined { .. }))
     }
 
-    /// The mesh address a joined slot's peer gave, to re-join it through the tunnel.
-    pub fn mesh_addr(&self, i: usize) -> Option<IpAddr> {
-        match self.slots.get(i).map(|s| &s.state) {
-            Some(SlotState::Joined { mesh_addr, .. }) => *mesh_addr,
-            _ => None,
-        }
-    }
-
-    pub fn failed(&mut self, i: usize, reason: String) {
-        if let Some(slot) = self.slots.get_mut(i) {
+    /// A join of slot `slot` failed; a slot gone meanwhile (a reload) is ignored.
+    pub fn failed(&mut self, slot: SlotId, reason: String) {
+        if let Some(slot) = self.slots.iter_mut().find(|s| s.id == slot) {
             if let SlotState::Pending { last_error } = &mut slot.state {
                 *last_error = Some(reason);
             }
@@ -323,20 +365,6 @@ impl Membership {
         for s in &mut self.slots {
             s.rejoin = true;
         }
-    }
-
-    /// Whether slot `i` needs a join: not joined yet, or marked for a re-join.
-    pub fn wants_join(&self, i: usize) -> bool {
-        self.slots
-            .get(i)
-            .is_some_and(|s| s.rejoin || !matches!(s.state, SlotState::Joined { .. }))
-    }
-
-    pub fn is_joined(&self, i: usize) -> bool {
-        matches!(
-            self.slots.get(i).map(|s| &s.state),
-            Some(SlotState::Joined { .. })
-        )
     }
 
     /// The joined peers as keyed peers for the engine.
@@ -368,7 +396,7 @@ impl Membership {
                     mesh_addr,
                 } if *not_after > now => Some(JoinedSlot {
                     peer: s.peer_config(*key, *wg_endpoint),
-                    id: SpiffeId::new(id).ok()?,
+                    id: id.clone(),
                     mesh_addr: *mesh_addr,
                 }),
                 _ => None,
@@ -376,7 +404,7 @@ impl Membership {
             .collect()
     }
 
-    /// Old keys still in their grace period, for [`crate::dataplane::Engine::apply_peer_set`].
+    /// Old keys still in their grace period, for the engine beside the keyed peers.
     pub fn retiring_peers(&self, now: SystemTime) -> Vec<PeerConfig> {
         self.slots
             .iter()
@@ -393,80 +421,80 @@ impl Membership {
             .collect()
     }
 
-    /// Adds identity columns to the engine's peer rows, and a row for every pending peer.
-    pub fn annotate(&self, rows: &mut Vec<PeerInfo>, now: SystemTime) {
+    /// Every slot as `tunctl peers` shows it: the identity of each key it installed (and of
+    /// its retiring keys), or why it has none.
+    pub fn identities(&self) -> Vec<IdentityRow> {
+        let mut rows = Vec::new();
         for slot in &self.slots {
             match &slot.state {
                 SlotState::Joined {
                     key, id, not_after, ..
                 } => {
-                    if let Some(row) = rows.iter_mut().find(|r| r.public_key == key.to_base64()) {
-                        row.spiffe_id = Some(id.clone());
-                        row.svid_expires_unix_ms = Some(unix_ms(*not_after));
-                        row.verified = true;
-                        if *not_after <= now {
-                            row.status = PeerState::Error;
-                            row.status_reason = Some("peer SVID expired".into());
-                        }
+                    rows.push(IdentityRow::Keyed {
+                        key: *key,
+                        spiffe_id: id.clone(),
+                        not_after: *not_after,
+                        retiring_until: None,
+                    });
+                    for r in &slot.retiring {
+                        rows.push(IdentityRow::Keyed {
+                            key: r.key,
+                            spiffe_id: id.clone(),
+                            not_after: *not_after,
+                            retiring_until: Some((r.until, slot.config.display_name())),
+                        });
                     }
-                    annotate_retiring(slot, rows, now);
                 }
-                SlotState::Pending { last_error } => rows.push(PeerInfo {
-                    public_key: String::new(),
-                    name: Some(slot.config.display_name()),
-                    endpoint: slot.config.endpoint.map(|e| e.to_string()),
-                    status: if last_error.is_some() {
-                        PeerState::Error
-                    } else {
-                        PeerState::Connecting
+                SlotState::Pending { last_error } => rows.push(IdentityRow::Pending {
+                    name: slot.config.display_name(),
+                    endpoint: slot.config.endpoint,
+                    reason: match (last_error, slot.config.join_endpoint) {
+                        (Some(e), _) => PendingReason::Refused(e.clone()),
+                        (None, Some(_)) => PendingReason::Joining,
+                        (None, None) => PendingReason::WaitingForPeer,
                     },
-                    status_reason: Some(match last_error {
-                        Some(e) => format!("join refused: {e}"),
-                        None => match slot.config.join_endpoint {
-                            Some(_) => "joining".to_string(),
-                            None => "waiting for the peer to join".to_string(),
-                        },
-                    }),
-                    last_handshake_unix_ms: None,
-                    rx_bytes: 0,
-                    tx_bytes: 0,
-                    rx_wire_bytes: 0,
-                    tx_wire_bytes: 0,
-                    rx_packets: 0,
-                    tx_packets: 0,
-                    handshakes: 0,
-                    allowed_ips: slot
-                        .config
-                        .allowed_ips
-                        .iter()
-                        .map(|n| n.to_string())
-                        .collect(),
+                    allowed_ips: slot.config.allowed_ips.clone(),
                     persistent_keepalive: slot.config.persistent_keepalive,
-                    dropped: Default::default(),
                     spiffe_id: match &slot.config.expected {
-                        Expected::Id(id) => Some(id.as_str().to_string()),
+                        Expected::Id(id) => Some(id.clone()),
                         Expected::Cluster(_) | Expected::AnyGateway => None,
                     },
-                    svid_expires_unix_ms: None,
-                    verified: false,
                 }),
             }
         }
+        rows
     }
-}
 
-/// Marks the rows of a slot's retiring keys.
-fn annotate_retiring(slot: &Slot, rows: &mut [PeerInfo], now: SystemTime) {
-    for r in &slot.retiring {
-        if let Some(row) = rows
-            .iter_mut()
-            .find(|row| row.public_key == r.key.to_base64())
-        {
-            let left = r.until.duration_since(now).unwrap_or_default().as_secs();
-            row.name = Some(format!("{} (old key)", slot.config.display_name()));
-            row.status_reason = Some(format!("rotated: old key accepted for {left} s more"));
-            row.verified = true;
-        }
+    /// The slots to join now: pending ones with a join endpoint, and joined ones marked for
+    /// a re-join (through the tunnel at their mesh address first). `own_join_port` is used
+    /// where the file gives no join endpoint.
+    pub fn join_targets(&self, own_join_port: u16) -> Vec<JoinTarget> {
+        self.slots
+            .iter()
+            .filter(|s| s.rejoin || !matches!(s.state, SlotState::Joined { .. }))
+            .filter_map(|s| {
+                let port = s.config.join_endpoint.map_or(own_join_port, |e| e.port());
+                let through_tunnel = match &s.state {
+                    SlotState::Joined { mesh_addr, .. } if s.rejoin => *mesh_addr,
+                    _ => None,
+                }
+                .map(|a| SocketAddr::new(a, port));
+                let addrs: Vec<SocketAddr> = through_tunnel
+                    .into_iter()
+                    .chain(s.config.join_endpoint)
+                    .collect();
+                (!addrs.is_empty()).then(|| JoinTarget {
+                    slot: s.id,
+                    addrs,
+                    expected: s.config.expected.clone(),
+                })
+            })
+            .collect()
+    }
+
+    fn fresh_id(&mut self) -> SlotId {
+        self.next_id += 1;
+        self.next_id
     }
 }
 
@@ -481,12 +509,6 @@ impl Slot {
             persistent_keepalive: self.config.persistent_keepalive,
         }
     }
-}
-
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

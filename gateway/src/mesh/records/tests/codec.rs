@@ -1,6 +1,6 @@
 //! The record decoder against hostile bytes, and the encoding's limits and canonical form.
 
-use crate::members::{MemberRecord, RecordError, MAX_PREFIXES, MAX_RECORD_LEN};
+use crate::mesh::records::{MemberRecord, RecordError, MAX_PREFIXES, MAX_RECORD_LEN};
 use ipnet::IpNet;
 use isthmus_pki::{SpiffeId, TrustDomain, MAX_ID_LEN};
 use proptest::prelude::*;

@@ -1,46 +1,15 @@
 //! The members a gateway knows, merged from gossip by generation.
 
+use super::record::MemberRecord;
 use super::record::{generation_time, unix_ms};
 use super::signed::{MemberError, VerifiedMember};
+pub use crate::config::TableConfig;
 use ipnet::IpNet;
-use isthmus_catalog::OpaqueMember;
+use isthmus_catalog::{DigestEntry, OpaqueMember};
 use isthmus_pki::SpiffeId;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime};
-
-/// How long records live. Defaults: members 10 minutes (refreshed every 200 s), tombstones
-/// 30 minutes, clock skew 2 minutes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TableConfig {
-    /// A record older than this (by its generation) is dropped: its owner died without
-    /// leaving. Owners re-sign every third of it ([`MemberTable::needs_refresh`]).
-    pub member_ttl: Duration,
-    /// How long a leaving record, or an operator's removal, is kept to refuse older records.
-    /// At least `member_ttl + max_clock_skew` (raised to that by [`MemberTable::new`]): by
-    /// then every older record is too old to be accepted anyway.
-    pub tombstone_ttl: Duration,
-    /// Records signed further than this in the future are refused until they are not.
-    pub max_clock_skew: Duration,
-}
-
-impl Default for TableConfig {
-    fn default() -> Self {
-        Self {
-            member_ttl: Duration::from_secs(600),
-            tombstone_ttl: Duration::from_secs(1800),
-            max_clock_skew: Duration::from_secs(120),
-        }
-    }
-}
-
-impl TableConfig {
-    /// How often the owner re-signs its record: a third of `member_ttl`, so two refreshes may
-    /// be lost before peers drop it.
-    pub fn refresh_interval(&self) -> Duration {
-        self.member_ttl / 3
-    }
-}
 
 /// What [`MemberTable::insert`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,14 +145,71 @@ impl MemberTable {
     }
 
     /// True when a record with exactly these bytes is held: receiving it again would change
-    /// nothing, so its verification can be skipped.
+    /// nothing, so its verification can be skipped. One lookup by identity (the record's bytes
+    /// are decoded, not verified, to find it).
     pub fn holds(&self, opaque: &OpaqueMember) -> bool {
-        let held = |m: &VerifiedMember| m.opaque().record == opaque.record;
-        self.own.as_ref().is_some_and(held)
-            || self
-                .slots
-                .values()
-                .any(|s| matches!(s, Slot::Member(m) if held(m)))
+        let Ok(record) = MemberRecord::decode(&opaque.record) else {
+            return false;
+        };
+        self.get(&record.spiffe_id)
+            .is_some_and(|m| m.opaque().record == opaque.record)
+    }
+
+    /// Every record held (ours, live members and tombstones) as identity and generation, for
+    /// a `MembersDigest`.
+    pub fn digest(&self) -> Vec<DigestEntry> {
+        self.held()
+            .map(|m| DigestEntry {
+                id: m.id().as_str().as_bytes().to_vec(),
+                generation: m.record().generation,
+            })
+            .collect()
+    }
+
+    /// The records held that a peer with this digest lacks or holds an older generation of:
+    /// what to send it.
+    pub fn newer_than(&self, digest: &[DigestEntry]) -> Vec<OpaqueMember> {
+        let theirs: BTreeMap<&[u8], u64> = digest
+            .iter()
+            .map(|e| (e.id.as_slice(), e.generation))
+            .collect();
+        self.held()
+            .filter(|m| {
+                theirs
+                    .get(m.id().as_str().as_bytes())
+                    .is_none_or(|g| *g < m.record().generation)
+            })
+            .map(|m| m.opaque().clone())
+            .collect()
+    }
+
+    /// Whether a peer with this digest holds a record we lack or hold older (other than of our
+    /// own identity, which only we sign): ask it with our digest.
+    pub fn lacks(&self, digest: &[DigestEntry]) -> bool {
+        digest.iter().any(|e| {
+            let Ok(id) = std::str::from_utf8(&e.id) else {
+                return false;
+            };
+            let Ok(id) = SpiffeId::new(id) else {
+                return false;
+            };
+            if id == self.own_id {
+                return false;
+            }
+            match self.slots.get(&id) {
+                Some(Slot::Member(m)) => m.record().generation < e.generation,
+                Some(Slot::Removed { generation, .. }) => *generation < e.generation,
+                None => true,
+            }
+        })
+    }
+
+    fn held(&self) -> impl Iterator<Item = &VerifiedMember> + '_ {
+        let others = self.slots.values().filter_map(|s| match s {
+            Slot::Member(m) => Some(&**m),
+            Slot::Removed { .. } => None,
+        });
+        self.own.iter().chain(others)
     }
 
     /// Merges a verified record received from a peer.
@@ -290,15 +316,7 @@ impl MemberTable {
     /// tombstone, by SPIFFE ID after ours. Call [`MemberTable::expire`] first. More than
     /// `isthmus_catalog::limits::MAX_MEMBERS` must be split over several messages.
     pub fn gossip(&self) -> Vec<OpaqueMember> {
-        let others = self.slots.values().filter_map(|s| match s {
-            Slot::Member(m) => Some(&**m),
-            Slot::Removed { .. } => None,
-        });
-        self.own
-            .iter()
-            .chain(others)
-            .map(|m| m.opaque().clone())
-            .collect()
+        self.held().map(|m| m.opaque().clone()).collect()
     }
 
     /// The record held for `id` (live or leaving), ours included.

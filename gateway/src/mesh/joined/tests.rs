@@ -50,9 +50,12 @@ fn a_rotated_peer_keeps_its_old_key_for_the_grace_period_only() {
     let far = t0() + Duration::from_secs(86_400);
     assert_eq!(
         m.joined(&joined(&old, far, Some("192.0.2.2:51820")), t0()),
-        Some(0)
+        Some(m.slots[0].id)
     );
-    assert_eq!(m.mesh_addr(0), Some("100.96.0.2".parse().unwrap()));
+    assert_eq!(
+        m.joined_slots(t0())[0].mesh_addr,
+        Some("100.96.0.2".parse().unwrap())
+    );
     assert_eq!(keys(&m.keyed_peers(t0())), vec![old.public_key()]);
     assert!(m.retiring_peers(t0()).is_empty());
 
@@ -112,19 +115,17 @@ fn an_expired_svid_removes_the_key_and_the_peer_joins_again() {
     let key = PrivateKey::generate();
     let not_after = t0() + Duration::from_secs(30);
     m.joined(&joined(&key, not_after, None), t0());
-    assert!(!m.wants_join(0));
+    assert!(m.any_joined());
     assert!(!m.expire(not_after - Duration::from_secs(1)));
     assert!(m.expire(not_after));
     assert!(m.keyed_peers(not_after).is_empty());
-    assert!(m.wants_join(0), "a peer whose SVID expired is joined again");
-    let mut rows = Vec::new();
-    m.annotate(&mut rows, not_after);
+    assert!(!m.any_joined(), "a peer whose SVID expired is joined again");
+    let rows = m.identities();
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].status, PeerState::Error);
-    assert!(rows[0]
-        .status_reason
-        .as_deref()
-        .is_some_and(|r| r.contains("SVID expired")));
+    assert!(
+        matches!(&rows[0], IdentityRow::Pending { reason: PendingReason::Refused(r), .. } if r.contains("SVID expired")),
+        "{rows:?}"
+    );
     // A renewed SVID with the same key: joined again, nothing retired.
     m.joined(
         &joined(&key, not_after + Duration::from_secs(3600), None),
