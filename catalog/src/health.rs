@@ -183,6 +183,15 @@ impl Health {
         }
     }
 
+    /// This gateway did not run for `stalled` (its own process was starved, see
+    /// [`crate::MergedCatalog::credit_stall`]): that time does not count as the cluster's
+    /// silence. Never past `now`, and a cluster already down stays down.
+    pub fn credit(&mut self, stalled: std::time::Duration, now: Instant) {
+        if !matches!(self.liveness, Liveness::Down { .. }) {
+            self.last_heard = (self.last_heard + stalled).min(now);
+        }
+    }
+
     /// A message or other sign of life at `now` (after [`settle`](Self::settle)).
     pub fn heard(&mut self, now: Instant, cfg: &HealthConfig, out: &mut Vec<Transition>) {
         self.last_heard = self.last_heard.max(now);

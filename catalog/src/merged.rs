@@ -465,6 +465,17 @@ impl MergedCatalog {
         std::mem::take(&mut self.events)
     }
 
+    /// This process did not run for `stalled` before `now` (its timers fired that late: the
+    /// machine was busy). What peers sent meanwhile may still sit unread in socket buffers, so
+    /// that time is not counted as their silence: a busy gateway does not mark every cluster
+    /// down at once and resync with all of them. Call before [`Self::handle_timeout`]. A peer
+    /// that really died during a stall is marked down that much later.
+    pub fn credit_stall(&mut self, stalled: std::time::Duration, now: Instant) {
+        for remote in self.remotes.values_mut() {
+            remote.health.credit(stalled, now);
+        }
+    }
+
     fn tick(&mut self, now: Instant) {
         self.clock = Some(self.clock.map_or(now, |c| c.max(now)));
     }

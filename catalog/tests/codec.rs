@@ -374,7 +374,10 @@ fn a_members_digest_round_trips_and_its_limits_are_named() {
     let msg = SyncMessage::MembersDigest(MembersDigest {
         reply: true,
         entries: vec![
-            entry("spiffe://isthmus.local/cluster/c1/gateway/gw", 1_900_000_000_000),
+            entry(
+                "spiffe://isthmus.local/cluster/c1/gateway/gw",
+                1_900_000_000_000,
+            ),
             entry("spiffe://isthmus.local/cluster/c2/gateway/gw", 7),
         ],
     });

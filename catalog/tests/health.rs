@@ -297,3 +297,40 @@ fn a_shorter_down_after_is_honoured() {
     c.handle_timeout(t);
     assert_eq!(c.poll_timeout(), Some(t + Duration::from_millis(300)));
 }
+
+#[test]
+fn a_stall_of_this_gateway_is_not_counted_as_the_peers_silence() {
+    let t = t0();
+    // Heard at t; this process then does not run for 4 s (the machine was busy) and wakes at
+    // t + 4.5 s, with the peer's heartbeats still unread in the socket.
+    let (mut c, east) = with_east(t);
+    let woke = t + secs(4.5);
+    c.credit_stall(secs(4.0), woke);
+    assert_eq!(c.handle_timeout(woke), vec![]);
+    assert!(c.offered(&east, woke));
+    // Its heartbeats are read now: still up, no flap, no resync.
+    c.observe_alive(&east, woke);
+    assert_eq!(c.handle_timeout(woke + secs(2.9)), vec![]);
+    // Without the credit, the same wake-up marks it down.
+    let (mut d, east) = with_east(t);
+    assert_eq!(
+        d.handle_timeout(woke),
+        vec![Event::ClusterDown(east.clone())]
+    );
+    // A peer that really went silent is still marked down, only later by the stall.
+    let (mut e, east) = with_east(t);
+    e.credit_stall(secs(1.0), t + secs(2.5));
+    assert_eq!(e.handle_timeout(t + secs(3.5)), vec![]);
+    assert_eq!(
+        e.handle_timeout(t + secs(4.0)),
+        vec![Event::ClusterDown(east.clone())]
+    );
+    // The credit never moves the last sign of life past now, nor revives a cluster down.
+    let (mut f, east) = with_east(t);
+    assert_eq!(
+        f.handle_timeout(t + secs(3.0)),
+        vec![Event::ClusterDown(east.clone())]
+    );
+    f.credit_stall(secs(60.0), t + secs(3.5));
+    assert!(!f.offered(&east, t + secs(3.5)));
+}

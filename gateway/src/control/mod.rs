@@ -507,6 +507,9 @@ impl Control {
 /// Runs the catalog's health timers: sleeps until `poll_timeout`, handles what is due, logs
 /// the events and tells the store and watchers. DNS needs no push: it reads the catalog per
 /// query with the current time.
+/// A health timer firing this late means this process was not running.
+const STALL: Duration = Duration::from_millis(300);
+
 async fn health_loop(shared: Arc<Shared>) {
     const MAX_SLEEP: Duration = Duration::from_millis(250);
     loop {
@@ -514,7 +517,16 @@ async fn health_loop(shared: Arc<Shared>) {
         let now = Instant::now();
         let until = wake.map_or(now + MAX_SLEEP, |w| w.min(now + MAX_SLEEP));
         tokio::time::sleep_until(until.into()).await;
-        let events = shared.catalog.lock().handle_timeout(Instant::now());
+        let now = Instant::now();
+        let events = {
+            let mut catalog = shared.catalog.lock();
+            // Woken this late: the machine starved this process, not the peers of ours.
+            let late = now.saturating_duration_since(until);
+            if late >= STALL {
+                catalog.credit_stall(late, now);
+            }
+            catalog.handle_timeout(now)
+        };
         for e in &events {
             match e {
                 isthmus_catalog::Event::ClusterUp(c) => {
