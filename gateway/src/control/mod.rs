@@ -80,6 +80,11 @@ pub struct Shared {
     /// daemon owns the peer set; see [`Shared::set_routes`]).
     routes: RwLock<Vec<IpNet>>,
     shutdown: watch::Sender<bool>,
+    /// The grid sessions align their heartbeats to: whole seconds of the wall clock, so that
+    /// gateways whose clocks agree (NTP) beat at the same instants, a receiver handles the
+    /// heartbeats of many peers in one batch and TCP acknowledgements ride on the heartbeats
+    /// going the other way. Phase only: nothing is decided by it.
+    beat_epoch: Instant,
 }
 
 impl Shared {
@@ -378,6 +383,7 @@ impl Control {
             digest: RwLock::new(Vec::new()),
             routes: RwLock::new(Vec::new()),
             shutdown,
+            beat_epoch: beat_epoch(),
         });
         files.save(&shared)?;
 
@@ -507,6 +513,17 @@ impl Control {
 /// Runs the catalog's health timers: sleeps until `poll_timeout`, handles what is due, logs
 /// the events and tells the store and watchers. DNS needs no push: it reads the catalog per
 /// query with the current time.
+/// The monotonic instant of the last whole second of the wall clock.
+fn beat_epoch() -> Instant {
+    let now = Instant::now();
+    let into_second = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(Duration::ZERO, |d| {
+            Duration::from_nanos(u64::from(d.subsec_nanos()))
+        });
+    now.checked_sub(into_second).unwrap_or(now)
+}
+
 /// A health timer firing this late means this process was not running.
 const STALL: Duration = Duration::from_millis(300);
 

@@ -69,6 +69,8 @@ pub struct SessionCore {
     last_sent: Instant,
     last_heard: Instant,
     heartbeat_every: Duration,
+    /// Heartbeats fall on `epoch + k·step` (see [`SessionCore::aligned_to`]).
+    grid: Option<(Instant, Duration)>,
     idle_after: Duration,
     synced: bool,
 }
@@ -83,11 +85,39 @@ impl SessionCore {
             last_sent: now,
             last_heard: now,
             heartbeat_every,
+            grid: None,
             // Heartbeats come every down_after/3. Health marks a silent peer down after
             // down_after; the session itself is kept much longer, so a peer that is slow (a
             // busy machine) but alive keeps its session and needs no resync when it answers.
             idle_after: idle_after(health),
             synced: false,
+        }
+    }
+
+    /// Heartbeats of every session made with the same `epoch` fall on one grid (a quarter of
+    /// the heartbeat period, at most 250 ms): a gateway with hundreds of sessions wakes, reads
+    /// its TUN and sends in one batch a few times a second, not once per session at scattered
+    /// times (idle CPU). A heartbeat is at most one grid step late.
+    pub fn aligned_to(mut self, epoch: Instant) -> Self {
+        let step = (self.heartbeat_every / 4).min(Duration::from_millis(250));
+        if !step.is_zero() {
+            self.grid = Some((epoch, step));
+        }
+        self
+    }
+
+    /// When the next heartbeat is due if nothing else is sent.
+    fn heartbeat_due(&self) -> Instant {
+        let due = self.last_sent + self.heartbeat_every;
+        match self.grid {
+            Some((epoch, step)) if due > epoch => {
+                let steps = due
+                    .duration_since(epoch)
+                    .as_nanos()
+                    .div_ceil(step.as_nanos());
+                epoch + step * u32::try_from(steps).unwrap_or(u32::MAX)
+            }
+            _ => due,
         }
     }
 
@@ -156,7 +186,7 @@ impl SessionCore {
 
     /// When [`handle_timeout`](Self::handle_timeout) has something to do.
     pub fn poll_timeout(&self) -> Instant {
-        (self.last_sent + self.heartbeat_every).min(self.last_heard + self.idle_after)
+        self.heartbeat_due().min(self.last_heard + self.idle_after)
     }
 
     /// A heartbeat to send if nothing was sent for a while; [`Close::Idle`] if the peer is
@@ -169,7 +199,7 @@ impl SessionCore {
         if now >= self.last_heard + self.idle_after {
             return Err(Close::Idle);
         }
-        if now >= self.last_sent + self.heartbeat_every {
+        if now >= self.heartbeat_due() {
             return Ok(Some(catalog.heartbeat()));
         }
         Ok(None)
@@ -351,5 +381,48 @@ mod tests {
             s.handle_timeout(&c1, now + Duration::from_secs(12)),
             Err(Close::Idle)
         );
+    }
+
+    #[test]
+    fn aligned_heartbeats_fall_on_one_grid_at_most_a_step_late() {
+        let epoch = Instant::now();
+        let c1 = catalog("c1");
+        let health = HealthConfig::default();
+        // Two sessions opened at scattered times beat together, on the 250 ms grid.
+        let a = SessionCore::new(
+            ClusterName::new("c2").unwrap(),
+            &health,
+            epoch + Duration::from_millis(10),
+        )
+        .aligned_to(epoch);
+        let b = SessionCore::new(
+            ClusterName::new("c3").unwrap(),
+            &health,
+            epoch + Duration::from_millis(190),
+        )
+        .aligned_to(epoch);
+        assert_eq!(a.poll_timeout(), epoch + Duration::from_millis(1250));
+        assert_eq!(b.poll_timeout(), epoch + Duration::from_millis(1250));
+        let mut a = a;
+        assert_eq!(
+            a.handle_timeout(&c1, epoch + Duration::from_millis(1249)),
+            Ok(None)
+        );
+        assert!(matches!(
+            a.handle_timeout(&c1, epoch + Duration::from_millis(1250)),
+            Ok(Some(SyncMessage::Heartbeat(_)))
+        ));
+        // A short down_after gets a finer grid: never more than a quarter period late.
+        let fast = HealthConfig {
+            down_after: Duration::from_millis(600),
+            ..HealthConfig::default()
+        };
+        let f = SessionCore::new(
+            ClusterName::new("c2").unwrap(),
+            &fast,
+            epoch + Duration::from_millis(1),
+        )
+        .aligned_to(epoch);
+        assert_eq!(f.poll_timeout(), epoch + Duration::from_millis(250));
     }
 }

@@ -182,7 +182,8 @@ async fn run(shared: &Arc<Shared>, stream: TcpStream, peer: &MeshPeer, id: u64) 
     let mut shutdown = shared.shutdown.subscribe();
     let (mut core, hello) = {
         let catalog = shared.catalog.lock();
-        let mut core = SessionCore::new(peer.cluster.clone(), catalog.config(), Instant::now());
+        let mut core = SessionCore::new(peer.cluster.clone(), catalog.config(), Instant::now())
+            .aligned_to(shared.beat_epoch);
         let hello = core.open(&catalog);
         (core, hello)
     };

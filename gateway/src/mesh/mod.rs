@@ -339,6 +339,15 @@ impl Mesh {
         let mut changed = self.joined.expire(now);
         let mut refresh_due = false;
         if let Some(members) = &mut self.members {
+            refresh_due = members.needs_refresh(now);
+            // Nothing of the table is due yet (the expiry timer runs 4 times a second; this
+            // keeps it from walking every member each time).
+            if members.poll_timeout().is_none_or(|t| t > now) {
+                return Expired {
+                    changed,
+                    refresh_due,
+                };
+            }
             // Installed members whose record is no longer fresh: their owner stopped
             // re-signing it (it died without leaving).
             let fresh: Vec<SpiffeId> = members
@@ -365,7 +374,6 @@ impl Mesh {
                 );
                 changed = true;
             }
-            refresh_due = members.needs_refresh(now);
         }
         Expired {
             changed,
