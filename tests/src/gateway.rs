@@ -83,6 +83,64 @@ impl Lab {
     /// [`START_TIMEOUT`] until its admin socket exists. Fails early, quoting the
     /// gateway's stderr, if it exits first. Restarting after a stop reuses the same config.
     pub fn start_gateway(&self, i: usize) -> Result<()> {
+        let mut child = self.spawn_gateway(i)?;
+        let outcome =
+            self.await_gateway(i, &mut child, Instant::now() + START_TIMEOUT, START_TIMEOUT);
+        let stderr = child.stderr();
+        lock(&self.gateways).insert(i, child);
+        outcome.map_err(|why| {
+            anyhow::anyhow!(
+                "gateway of cluster {i} {why}; its stderr:\n{}",
+                tail(&stderr, 40)
+            )
+        })
+    }
+
+    /// Starts the gateways of `clusters` "at the same instant": every process is spawned in
+    /// one tight loop before any is waited for, then all get [`START_TIMEOUT`] plus 250 ms per
+    /// gateway (they share the lab's cores while starting) to bring up their admin sockets.
+    /// Returns the instant the last one was spawned: where a mesh's formation time starts.
+    /// Fails naming every gateway that did not come up, with its stderr; those that did keep
+    /// running.
+    pub fn start_gateways_together(&self, clusters: &[usize]) -> Result<Instant> {
+        let unique: std::collections::BTreeSet<usize> = clusters.iter().copied().collect();
+        anyhow::ensure!(
+            unique.len() == clusters.len(),
+            "cluster listed twice in {clusters:?}"
+        );
+        let mut spawned = Vec::with_capacity(clusters.len());
+        for &i in clusters {
+            match self.spawn_gateway(i) {
+                Ok(child) => spawned.push((i, child)),
+                Err(e) => {
+                    // Guarded by the lab from here on: teardown still kills them.
+                    lock(&self.gateways).extend(spawned);
+                    return Err(e);
+                }
+            }
+        }
+        let last_spawned = Instant::now();
+        let timeout = START_TIMEOUT
+            + Duration::from_millis(250) * u32::try_from(clusters.len()).unwrap_or(u32::MAX);
+        let mut failed = Vec::new();
+        for (i, mut child) in spawned {
+            if let Err(why) = self.await_gateway(i, &mut child, last_spawned + timeout, timeout) {
+                failed.push(format!(
+                    "gateway of cluster {i} {why}; its stderr:\n{}",
+                    tail(&child.stderr(), 40)
+                ));
+            }
+            lock(&self.gateways).insert(i, child);
+        }
+        if !failed.is_empty() {
+            bail!("{}", failed.join("\n"));
+        }
+        Ok(last_spawned)
+    }
+
+    /// Spawns cluster `i`'s gateway after reaping its previous run and removing a stale admin
+    /// socket; [`Lab::await_gateway`] tells when it is up.
+    fn spawn_gateway(&self, i: usize) -> Result<ChildGuard> {
         let bin = self.binary(GATEWAY_BIN)?;
         if self.gateway_running(i) {
             bail!("the gateway of cluster {i} is already running");
@@ -107,36 +165,51 @@ impl Lab {
         }
         let mut cmd = Command::new(bin);
         cmd.arg("--config").arg(self.config_path(i));
+        // Identities and addresses are logged at DEBUG (gateway/LOGGING.md): the lab's logs
+        // keep them, since tests and operators of a lab read who did what. Unless the caller
+        // chose a filter.
+        if std::env::var_os("ISTHMUS_LOG").is_none() {
+            cmd.env(
+                "ISTHMUS_LOG",
+                "info,hickory_server=warn,isthmus_gateway=debug",
+            );
+        }
         let name = self.next_log_name(&format!("c{i}-gateway"));
-        let mut child = ChildGuard::spawn(&self.gw_ns(i), &name, &cmd, self.dir())?;
+        ChildGuard::spawn(&self.gw_ns(i), &name, &cmd, self.dir())
+    }
 
-        let deadline = Instant::now() + START_TIMEOUT;
-        let outcome = loop {
-            if let Some(status) = child.try_wait()? {
-                break Err(format!(
-                    "exited with {status} before its admin socket was up"
-                ));
+    /// Waits until `deadline` (`timeout` after its spawn) for `child`'s admin socket; an error
+    /// (killing it at the deadline) says why not, for "gateway of cluster {i} …".
+    fn await_gateway(
+        &self,
+        i: usize,
+        child: &mut ChildGuard,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> std::result::Result<(), String> {
+        let socket = self.admin_socket(i);
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    return Err(format!(
+                        "exited with {status} before its admin socket was up"
+                    ))
+                }
+                Ok(None) => {}
+                Err(e) => return Err(format!("could not be polled: {e:#}")),
             }
             if socket.exists() {
-                break Ok(());
+                return Ok(());
             }
             if Instant::now() >= deadline {
                 child.kill();
-                break Err(format!(
-                    "admin socket {} not up within {START_TIMEOUT:?}",
+                return Err(format!(
+                    "admin socket {} not up within {timeout:?}",
                     socket.display()
                 ));
             }
             std::thread::sleep(Duration::from_millis(50));
-        };
-        let stderr = child.stderr();
-        lock(&self.gateways).insert(i, child);
-        outcome.map_err(|why| {
-            anyhow::anyhow!(
-                "gateway of cluster {i} {why}; its stderr:\n{}",
-                tail(&stderr, 40)
-            )
-        })
+        }
     }
 
     /// Sends `sig` to cluster `i`'s gateway and waits for it to exit (up to [`STOP_TIMEOUT`];

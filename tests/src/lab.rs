@@ -27,6 +27,9 @@ pub const GW_LAN_IF: &str = "lan0";
 pub const ETH_IF: &str = "eth0";
 /// Node side of the node–pod link.
 pub const NODE_POD_IF: &str = "pod0";
+/// Labs of more clusters than this pin their WAN neighbours by default (see
+/// [`LabBuilder::static_wan_neighbours`]).
+pub const STATIC_WAN_NEIGHBOURS_ABOVE: usize = 16;
 
 /// Configures a [`Lab`]; see the crate docs for the shape it builds.
 #[derive(Debug, Clone)]
@@ -36,6 +39,7 @@ pub struct LabBuilder {
     bin_dir: Option<PathBuf>,
     mtu: Option<u32>,
     node_default_route: bool,
+    static_wan_neighbours: Option<bool>,
 }
 
 impl Default for LabBuilder {
@@ -46,6 +50,7 @@ impl Default for LabBuilder {
             bin_dir: None,
             mtu: None,
             node_default_route: true,
+            static_wan_neighbours: None,
         }
     }
 }
@@ -86,6 +91,21 @@ impl LabBuilder {
         self
     }
 
+    /// Whether every gateway gets a permanent neighbour (ARP) entry for every other gateway's
+    /// WAN address. Default: with more than [`STATIC_WAN_NEIGHBOURS_ABOVE`] clusters.
+    ///
+    /// The kernel keeps one IPv4 neighbour table for all namespaces, and it refuses new
+    /// entries ("neighbor table overflow!", `ENOBUFS`, packets lost) once it holds
+    /// `net.ipv4.neigh.default.gc_thresh3` (1024) that it could collect; permanent entries do
+    /// not count. Gateways that learn each other by ARP on one bridge need n(n-1) entries:
+    /// 992 at 32 clusters, before the nodes' and pods'. Pinning keeps a large lab from losing
+    /// packets to that limit without touching the host's sysctls. An address a gateway moves
+    /// to ([`Lab::set_wan_addr`]) is still learned by ARP.
+    pub fn static_wan_neighbours(mut self, on: bool) -> Self {
+        self.static_wan_neighbours = Some(on);
+        self
+    }
+
     /// Builds the lab. Needs root; fails (never skips) without it. Sweeps labs of dead runs with
     /// the same prefix first, once per process.
     pub fn build(self) -> Result<Lab> {
@@ -97,6 +117,7 @@ impl LabBuilder {
             plan::MAX_CLUSTERS
         );
         sweep_once(&self.prefix);
+        raise_neighbour_limits(self.clusters)?;
         let (id, dir, owner_file) = claim_id(&self.prefix)?;
         let bin_dir = self.bin_dir.unwrap_or_else(default_bin_dir);
         let keys: Vec<KeyPair> = (0..self.clusters).map(|_| KeyPair::generate()).collect();
@@ -128,6 +149,13 @@ impl LabBuilder {
         for i in 1..=lab.clusters {
             lab.build_cluster(i)
                 .with_context(|| format!("failed to build cluster {i} of lab {}", lab.id))?;
+        }
+        if self
+            .static_wan_neighbours
+            .unwrap_or(self.clusters > STATIC_WAN_NEIGHBOURS_ABOVE)
+        {
+            lab.pin_wan_neighbours()
+                .with_context(|| format!("failed to pin the WAN neighbours of lab {}", lab.id))?;
         }
         tracing::info!(lab = %lab.id, clusters = lab.clusters, dir = %lab.dir().display(), "lab up");
         Ok(lab)
@@ -331,6 +359,28 @@ impl Lab {
         Ok(())
     }
 
+    /// Gives every gateway a permanent neighbour entry for every other gateway's WAN address
+    /// (see [`LabBuilder::static_wan_neighbours`]).
+    fn pin_wan_neighbours(&self) -> Result<()> {
+        let macs = (1..=self.clusters)
+            .map(|i| netns::mac_address(&self.id.gw_ns(i), GW_WAN_IF))
+            .collect::<Result<Vec<_>>>()?;
+        for i in 1..=self.clusters {
+            let batch: String = (1..=self.clusters)
+                .filter(|&j| j != i)
+                .map(|j| {
+                    format!(
+                        "neigh replace {} lladdr {} dev {GW_WAN_IF} nud permanent\n",
+                        plan::wan_addr(j),
+                        macs[j - 1]
+                    )
+                })
+                .collect();
+            netns::ip_batch(&self.id.gw_ns(i), &batch)?;
+        }
+        Ok(())
+    }
+
     /// Prints the tails of every gateway's logs to stderr.
     pub fn dump_gateway_logs(&self) {
         for child in lock(&self.gateways).values() {
@@ -436,4 +486,35 @@ pub fn default_bin_dir() -> PathBuf {
         .unwrap_or(Path::new("."))
         .join("target")
         .join("release")
+}
+
+/// Raises the kernel's neighbour-table limits for a lab of `clusters`, never lowering them.
+///
+/// The ARP and NDP tables are one per host, shared by every namespace, with a hard limit
+/// (`gc_thresh3`, 1024 by default) on their total: a lab of N clusters on one host holds about
+/// 2·N² entries (each gateway's WAN neighbours, and one per peer address sent to through its
+/// TUN, NOARP entries included), so from ~24 clusters on the table overflows ("neighbor table
+/// overflow!", sends fail with ENOBUFS) and tunnels stall for reasons no real deployment has,
+/// where every gateway is a host of its own.
+pub fn raise_neighbour_limits(clusters: usize) -> Result<()> {
+    let need = (4 * clusters * clusters + 64 * clusters).max(1024);
+    for family in ["ipv4", "ipv6"] {
+        for (knob, value) in [
+            ("gc_thresh1", need / 4),
+            ("gc_thresh2", need / 2),
+            ("gc_thresh3", need),
+        ] {
+            let path = format!("/proc/sys/net/{family}/neigh/default/{knob}");
+            let current: usize = std::fs::read_to_string(&path)
+                .with_context(|| format!("failed to read {path}"))?
+                .trim()
+                .parse()
+                .with_context(|| format!("{path} is not a number"))?;
+            if current < value {
+                std::fs::write(&path, value.to_string())
+                    .with_context(|| format!("failed to raise {path} to {value}"))?;
+            }
+        }
+    }
+    Ok(())
 }

@@ -18,7 +18,9 @@
 //!
 //! Gateway and node forward IPv4. Nothing routes between clusters until gateways run:
 //! [`Lab::start_gateway`] starts the real `isthmus-gateway` with a config from
-//! [`Lab::gateway_config`], and [`Lab::tunctl`] queries it. Addresses come from [`plan`].
+//! [`Lab::gateway_config`] ([`Lab::start_gateways_together`] starts many at one instant), and
+//! [`Lab::tunctl`] queries it. Addresses come from [`plan`]. A lab of many clusters is watched
+//! through [`mesh`], which runs its `tunctl`s and pings in a bounded [`Pool`].
 //!
 //! Contract:
 //! - Building needs root and fails with a clear error without it; root-only tests must not
@@ -38,11 +40,13 @@ mod config;
 pub mod control;
 mod gateway;
 mod lab;
+pub mod mesh;
 pub mod netns;
 mod ops;
 mod owner;
 pub mod plan;
 mod pods;
+pub mod pool;
 mod process;
 pub mod vip;
 
@@ -55,10 +59,12 @@ pub use config::{
 };
 pub use gateway::{GATEWAY_BIN, START_TIMEOUT, STOP_TIMEOUT, TUNCTL_BIN};
 pub use lab::{
-    default_bin_dir, Lab, LabBuilder, ETH_IF, GW_LAN_IF, GW_WAN_IF, NODE_POD_IF, WAN_BRIDGE,
+    default_bin_dir, Lab, LabBuilder, ETH_IF, GW_LAN_IF, GW_WAN_IF, NODE_POD_IF,
+    STATIC_WAN_NEIGHBOURS_ABOVE, WAN_BRIDGE,
 };
 pub use owner::{require_root, sweep_stale, RUN_DIR, WG_SOCKET_DIR};
 pub use plan::LabId;
+pub use pool::Pool;
 pub use process::{send_signal, ChildGuard, Signal};
 
 /// How often [`wait_for`] re-evaluates its condition.

@@ -154,6 +154,47 @@ pub fn add_onlink_route(ns: &str, dest: &str, via: &str, dev: &str) -> Result<()
     .map(drop)
 }
 
+/// The link-layer address of `ifname`, e.g. `4a:1c:02:9e:31:07`.
+pub fn mac_address(ns: &str, ifname: &str) -> Result<String> {
+    let out = ip(ns, &["-j", "link", "show", "dev", ifname])?;
+    let links: serde_json::Value = serde_json::from_str(&out)
+        .with_context(|| format!("`ip -n {ns} -j link show dev {ifname}` printed no JSON"))?;
+    links[0]["address"]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("no address for {ifname} in {ns}: {out}"))
+}
+
+/// Runs `commands` (one `ip` command per line, without the `ip`) with `ip -n NS -batch -`:
+/// one process for many changes.
+pub fn ip_batch(ns: &str, commands: &str) -> Result<()> {
+    let mut cmd = Command::new("ip");
+    cmd.args(["-n", ns, "-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    tracing::debug!(cmd = %describe(&cmd), lines = commands.lines().count(), "run");
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("failed to start `{}`", describe(&cmd)))?;
+    let mut stdin = child.stdin.take().context("no stdin for ip -batch")?;
+    std::io::Write::write_all(&mut stdin, commands.as_bytes())
+        .with_context(|| format!("failed to feed `{}`", describe(&cmd)))?;
+    drop(stdin);
+    let out = child
+        .wait_with_output()
+        .with_context(|| format!("failed to wait for `{}`", describe(&cmd)))?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed ({}): {}",
+            describe(&cmd),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 /// Sets an `net.*` sysctl inside `ns` (they are per namespace).
 pub fn sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
     run(ns, &["sysctl", "-qw", &format!("{key}={value}")]).map(drop)

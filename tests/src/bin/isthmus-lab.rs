@@ -7,7 +7,14 @@
 //! from signed member records, with the control plane on; cluster 2 exports a headless demo
 //! service that cluster 1's DNS must answer and `demo/api`, whose clusterset VIP must carry a
 //! connection from cluster 1's pod to c2's server through the route agents that run on every
-//! node and gateway node. `--keys static` runs the plain WireGuard full mesh.
+//! node and gateway node (of the first 8 clusters). `--keys static` runs the plain WireGuard
+//! full mesh.
+//!
+//! The time to full mesh is measured from the instant the last gateway was started (with
+//! `--together`, all are spawned at one instant before any is waited for) until every gateway
+//! has every other as a member, a completed handshake and a sync session in step. The lab's own
+//! subprocesses (`tunctl`, `ping`, `dig`) run through a bounded pool, so a lab of 64 clusters
+//! measures the mesh rather than a storm of its own processes.
 
 #![forbid(unsafe_code)]
 
@@ -20,11 +27,23 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use isthmus_lab::control::{exports_toml, fqdn};
-use isthmus_lab::{plan, vip, wait_for, Lab, Probe, Serve, GATEWAY_BIN, TUNCTL_BIN};
+use isthmus_lab::mesh::{all_pairs, PingResult};
+use isthmus_lab::{plan, vip, wait_for, Lab, Pool, Probe, Serve, GATEWAY_BIN, TUNCTL_BIN};
 
-/// How long every pod pair gets to start answering once all gateways are up: the first
-/// packet of a pair waits for a WireGuard handshake.
+/// How long the pod pairs get to start answering once the mesh is formed (the first packet of
+/// a pair may wait for a WireGuard handshake), plus [`PING_COST`] per pair per worker.
 const PING_DEADLINE: Duration = Duration::from_secs(10);
+/// What one ping (`ip netns exec` + `ping`) costs a worker when it is answered at once.
+const PING_COST: Duration = Duration::from_millis(25);
+/// How long DNS and the route agents get to answer.
+const ANSWER_DEADLINE: Duration = Duration::from_secs(10);
+/// Above this many clusters the ping matrix is summarised rather than printed.
+const MATRIX_MAX_CLUSTERS: usize = 12;
+/// Route agents run on at most this many clusters (from c1). Every agent attaches its socket
+/// programs to the same cgroup (namespaces do not separate cgroups), and the kernel allows 64
+/// programs per cgroup and hook (`BPF_CGROUP_MAX_PROGS`); two agents per cluster must leave
+/// room for other labs on the machine. The VIP check needs only c1's and c2's.
+const VIP_AGENT_CLUSTERS: usize = 8;
 /// The port of demo/api, the service c2 exports with a clusterset VIP.
 const API_PORT: u16 = 7000;
 
@@ -49,6 +68,17 @@ enum Cmd {
         /// WireGuard keys in every file (full mesh by configuration).
         #[arg(long, value_enum, default_value_t = Keys::Identity)]
         keys: Keys,
+        /// Spawn every gateway at one instant, then wait for all (default: one after another,
+        /// each waited for).
+        #[arg(long)]
+        together: bool,
+        /// Seconds the mesh gets to form, from the instant the last gateway was started.
+        #[arg(long, default_value_t = 60)]
+        mesh_timeout: u64,
+        /// Concurrent subprocesses (tunctl, ping, dig) the lab runs at most; default two per
+        /// core, at most 8.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=64))]
+        workers: Option<u8>,
     },
     /// Remove labs left behind by runs that were killed.
     Sweep,
@@ -70,7 +100,17 @@ fn main() -> ExitCode {
             clusters,
             keep,
             keys,
-        } => run(usize::from(clusters), keep, keys),
+            together,
+            mesh_timeout,
+            workers,
+        } => run(&RunOpts {
+            clusters: usize::from(clusters),
+            keep,
+            keys,
+            together,
+            mesh_timeout: Duration::from_secs(mesh_timeout),
+            pool: workers.map_or_else(Pool::default, |w| Pool::new(usize::from(w))),
+        }),
         Cmd::Sweep => sweep(),
     };
     match result {
@@ -92,8 +132,27 @@ fn sweep() -> Result<bool> {
     Ok(true)
 }
 
+struct RunOpts {
+    clusters: usize,
+    keep: bool,
+    keys: Keys,
+    together: bool,
+    mesh_timeout: Duration,
+    pool: Pool,
+}
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
 /// Returns whether every check passed.
-fn run(clusters: usize, keep: bool, keys: Keys) -> Result<bool> {
+fn run(opts: &RunOpts) -> Result<bool> {
+    let RunOpts {
+        clusters,
+        keep,
+        keys,
+        ..
+    } = *opts;
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     // Ctrl-C (and SIGTERM) end the run through the normal path, so `Lab`'s Drop tears down.
     ctrlc::set_handler(move || {
@@ -138,23 +197,41 @@ fn run(clusters: usize, keep: bool, keys: Keys) -> Result<bool> {
         )?;
         println!("SVIDs issued; each gateway is given one seed (c1: c2, others: c1)");
     }
-    for i in 1..=clusters {
-        check_interrupted()?;
-        lab.start_gateway(i)
-            .with_context(|| format!("failed to start the gateway of cluster {i}"))?;
-        println!(
-            "gateway c{i} up in {} (wan {}, mesh {})",
-            lab.gw_ns(i),
-            plan::wan_addr(i),
-            plan::mesh_addr(i)
-        );
-    }
+    let last_started = start_gateways(&lab, opts.together)?;
 
-    let results = ping_matrix(&lab)?;
+    let control = keys == Keys::Identity;
+    let formation = lab.wait_full_mesh(
+        &opts.pool,
+        control,
+        last_started,
+        opts.mesh_timeout,
+        interrupted,
+    );
+    check_interrupted()?;
+    let meshed = formation.full.is_some();
+    println!(
+        "\nmesh of {clusters} ({}; {} lab workers): {}",
+        if control {
+            "members, handshakes and sync sessions"
+        } else {
+            "handshakes"
+        },
+        opts.pool.workers(),
+        match formation.full {
+            Some(t) => format!(
+                "full {:.1} s after the last gateway started",
+                t.as_secs_f64()
+            ),
+            None => format!("NOT FULL within {:?}", opts.mesh_timeout),
+        }
+    );
+    println!("{}", formation.report());
+
+    let results = ping_matrix(&lab, &opts.pool)?;
     print_matrix(clusters, &results);
-    let mut pings_ok = results.iter().all(|r| r.ok);
-    if keys == Keys::Identity {
-        pings_ok &= check_control(&lab, clusters)?;
+    let mut pings_ok = meshed && results.iter().all(|r| r.answered.is_some());
+    if control {
+        pings_ok &= check_control(&lab)?;
         pings_ok &= check_vip(&lab, clusters)?;
     }
 
@@ -203,25 +280,14 @@ fn run(clusters: usize, keep: bool, keys: Keys) -> Result<bool> {
     Ok(ok)
 }
 
-/// Every gateway learned every other as a member and syncs with it; cluster 1's DNS answers
-/// the service cluster 2 exports. Prints `tunctl services` of cluster 1.
-fn check_control(lab: &Lab, clusters: usize) -> Result<bool> {
-    let start = Instant::now();
-    let meshed = wait_for(
-        || (1..=clusters).all(|i| lab.members_of(i).len() == clusters - 1 && lab.control_synced(i)),
-        PING_DEADLINE,
-    );
-    println!(
-        "membership: {} ({} members and sync sessions per gateway, {:?})",
-        if meshed { "full mesh" } else { "INCOMPLETE" },
-        clusters - 1,
-        start.elapsed()
-    );
+/// Cluster 1's DNS answers the service cluster 2 exports (membership and sync sessions were
+/// checked with the mesh). Prints `tunctl services` of cluster 1.
+fn check_control(lab: &Lab) -> Result<bool> {
     let name = fqdn("demo/echo");
     let want = vec![plan::pod_addr(2).to_string()];
     let answered = wait_for(
         || lab.dig(&lab.pod_ns(1), 1, &name, "A").ok() == Some(want.clone()),
-        PING_DEADLINE,
+        ANSWER_DEADLINE,
     );
     println!(
         "dns: {name} from c1's pod -> {}",
@@ -236,26 +302,32 @@ fn check_control(lab: &Lab, clusters: usize) -> Result<bool> {
         Ok(table) => print!("{table}"),
         Err(e) => println!("tunctl failed: {e:#}"),
     }
-    Ok(meshed && answered)
+    Ok(answered)
 }
 
-/// Route agents on every node and gateway node; a connection from c1's pod to demo/api, which
-/// c2 exports, through its clusterset VIP. Prints the backends that answered and the agent's
-/// status on c1's node.
+/// Route agents on every node and gateway node (of the first [`VIP_AGENT_CLUSTERS`]); a
+/// connection from c1's pod to demo/api, which c2 exports, through its clusterset VIP. Prints
+/// the backends that answered and the agent's status on c1's node.
 fn check_vip(lab: &Lab, clusters: usize) -> Result<bool> {
-    for i in 1..=clusters {
+    let with_agents = clusters.min(VIP_AGENT_CLUSTERS);
+    for i in 1..=with_agents {
         check_interrupted()?;
         vip::start_agents(lab, i, true)
             .with_context(|| format!("failed to start the route agents of cluster {i}"))?;
     }
     let node1 = vip::node_agent(1);
-    let (programmed, _) = lab.wait_agent(&node1, PING_DEADLINE, |s| {
+    let (programmed, _) = lab.wait_agent(&node1, ANSWER_DEADLINE, |s| {
         s.services
             .iter()
             .any(|x| x.name == "api" && !x.backends.is_empty())
     });
     println!(
-        "\nroute agents: running on {clusters} nodes and {clusters} gateway nodes; demo/api {}",
+        "\nroute agents: running on {with_agents} nodes and {with_agents} gateway nodes{}; demo/api {}",
+        if with_agents < clusters {
+            format!(" (c1..c{with_agents} of {clusters}: the kernel allows 64 programs per cgroup)")
+        } else {
+            String::new()
+        },
         if programmed {
             "programmed"
         } else {
@@ -306,91 +378,91 @@ fn check_interrupted() -> Result<()> {
     Ok(())
 }
 
-struct PairResult {
-    from: usize,
-    to: usize,
-    ok: bool,
-    elapsed: Duration,
-    error: Option<String>,
+/// Starts every gateway, one after another (each waited for) or all at one instant; returns
+/// the instant the last one was started.
+fn start_gateways(lab: &Lab, together: bool) -> Result<Instant> {
+    let clusters: Vec<usize> = (1..=lab.clusters()).collect();
+    if together {
+        let last = lab
+            .start_gateways_together(&clusters)
+            .context("failed to start the gateways")?;
+        println!(
+            "{} gateways spawned at one instant; every admin socket up {:.1} s later",
+            clusters.len(),
+            last.elapsed().as_secs_f64(),
+        );
+        return Ok(last);
+    }
+    let mut last = Instant::now();
+    for &i in &clusters {
+        check_interrupted()?;
+        last = Instant::now();
+        lab.start_gateway(i)
+            .with_context(|| format!("failed to start the gateway of cluster {i}"))?;
+        println!(
+            "gateway c{i} up in {} (wan {}, mesh {})",
+            lab.gw_ns(i),
+            plan::wan_addr(i),
+            plan::mesh_addr(i)
+        );
+    }
+    Ok(last)
 }
 
-/// Pings from every pod to every other cluster's pod, all pairs at once, each retrying until it
-/// gets a reply or [`PING_DEADLINE`] passes.
-fn ping_matrix(lab: &Lab) -> Result<Vec<PairResult>> {
-    let n = lab.clusters();
-    let pairs: Vec<(usize, usize)> = (1..=n)
-        .flat_map(|from| {
-            (1..=n)
-                .filter(move |&to| to != from)
-                .map(move |to| (from, to))
-        })
-        .collect();
-    let results = std::thread::scope(|s| {
-        let handles: Vec<_> = pairs
-            .iter()
-            .map(|&(from, to)| s.spawn(move || ping_pair(lab, from, to)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("ping thread panicked"))
-            .collect()
-    });
+/// Pings from every pod to every other cluster's pod through the lab's pool, each pair retried
+/// until it answers or the deadline ([`PING_DEADLINE`] plus [`PING_COST`] per pair and worker)
+/// passes.
+fn ping_matrix(lab: &Lab, pool: &Pool) -> Result<Vec<PingResult>> {
+    let pairs = all_pairs(lab.clusters());
+    let per_worker = u32::try_from(pairs.len().div_ceil(pool.workers())).unwrap_or(u32::MAX);
+    let results = lab.ping_pairs(
+        pool,
+        &pairs,
+        PING_DEADLINE + PING_COST * per_worker,
+        interrupted,
+    );
     check_interrupted()?;
     Ok(results)
 }
 
-fn ping_pair(lab: &Lab, from: usize, to: usize) -> PairResult {
-    let start = Instant::now();
-    let ns = lab.pod_ns(from);
-    let mut error = None;
-    while start.elapsed() < PING_DEADLINE && !INTERRUPTED.load(Ordering::SeqCst) {
-        match lab.ping(&ns, plan::pod_addr(to), 1) {
-            Ok(1..) => {
-                return PairResult {
-                    from,
-                    to,
-                    ok: true,
-                    elapsed: start.elapsed(),
-                    error: None,
-                }
-            }
-            Ok(0) => error = Some("no reply".to_owned()),
-            Err(e) => {
-                error = Some(format!("{e:#}"));
-                // An error (not a lost reply) returns at once; do not spin on it.
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
-    }
-    PairResult {
-        from,
-        to,
-        ok: false,
-        elapsed: start.elapsed(),
-        error,
-    }
-}
-
-fn print_matrix(n: usize, results: &[PairResult]) {
-    println!("\npod -> pod ping (row: from, column: to; seconds to first reply)");
-    print!("{:>6}", "");
-    for to in 1..=n {
-        print!("{:>8}", format!("c{to}"));
-    }
-    println!();
-    for from in 1..=n {
-        print!("{:>6}", format!("c{from}"));
+fn print_matrix(n: usize, results: &[PingResult]) {
+    let cell = |r: &PingResult| {
+        r.answered
+            .map_or("FAIL".to_owned(), |t| format!("{:.1}s", t.as_secs_f64()))
+    };
+    if n <= MATRIX_MAX_CLUSTERS {
+        println!("\npod -> pod ping (row: from, column: to; seconds to first reply)");
+        print!("{:>6}", "");
         for to in 1..=n {
-            let cell = match results.iter().find(|r| r.from == from && r.to == to) {
-                None => "-".to_owned(),
-                Some(r) if r.ok => format!("{:.1}s", r.elapsed.as_secs_f64()),
-                Some(_) => "FAIL".to_owned(),
-            };
-            print!("{cell:>8}");
+            print!("{:>8}", format!("c{to}"));
         }
         println!();
+        for from in 1..=n {
+            print!("{:>6}", format!("c{from}"));
+            for to in 1..=n {
+                let text = results
+                    .iter()
+                    .find(|r| r.from == from && r.to == to)
+                    .map_or("-".to_owned(), cell);
+                print!("{text:>8}");
+            }
+            println!();
+        }
+    } else {
+        let mut times: Vec<Duration> = results.iter().filter_map(|r| r.answered).collect();
+        times.sort();
+        let secs =
+            |t: Option<&Duration>| t.map_or("-".to_owned(), |t| format!("{:.1}", t.as_secs_f64()));
+        println!(
+            "\npod -> pod ping: {}/{} pairs answered; seconds to first reply: median {}, max {}",
+            times.len(),
+            results.len(),
+            secs(times.get(times.len() / 2)),
+            secs(times.last()),
+        );
     }
-    for r in results.iter().filter(|r| !r.ok) {
+    let failed: Vec<&PingResult> = results.iter().filter(|r| r.answered.is_none()).collect();
+    for r in failed.iter().take(20) {
         println!(
             "  c{} ({}) -> c{} ({}): {}",
             r.from,
@@ -399,5 +471,8 @@ fn print_matrix(n: usize, results: &[PairResult]) {
             plan::pod_addr(r.to),
             r.error.as_deref().unwrap_or("interrupted")
         );
+    }
+    if failed.len() > 20 {
+        println!("  … and {} more pairs failed", failed.len() - 20);
     }
 }
