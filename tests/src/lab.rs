@@ -94,13 +94,12 @@ impl LabBuilder {
     /// Whether every gateway gets a permanent neighbour (ARP) entry for every other gateway's
     /// WAN address. Default: with more than [`STATIC_WAN_NEIGHBOURS_ABOVE`] clusters.
     ///
-    /// The kernel keeps one IPv4 neighbour table for all namespaces, and it refuses new
-    /// entries ("neighbor table overflow!", `ENOBUFS`, packets lost) once it holds
-    /// `net.ipv4.neigh.default.gc_thresh3` (1024) that it could collect; permanent entries do
-    /// not count. Gateways that learn each other by ARP on one bridge need n(n-1) entries:
-    /// 992 at 32 clusters, before the nodes' and pods'. Pinning keeps a large lab from losing
-    /// packets to that limit without touching the host's sysctls. An address a gateway moves
-    /// to ([`Lab::set_wan_addr`]) is still learned by ARP.
+    /// The kernel keeps one IPv4 neighbour table for all namespaces and refuses new entries
+    /// once it holds `gc_thresh3` that it could collect (see `raise_neighbour_limits`, which
+    /// every build applies); permanent entries do not count. Gateways that learn each other by
+    /// ARP on one bridge add n(n-1) collectable entries (992 at 32 clusters) and a burst of
+    /// ARP on the WAN while they all start at once; pinned, they add neither. An address a
+    /// gateway moves to ([`Lab::set_wan_addr`]) is still learned by ARP.
     pub fn static_wan_neighbours(mut self, on: bool) -> Self {
         self.static_wan_neighbours = Some(on);
         self

@@ -90,9 +90,9 @@ fn thirty_two_clusters_started_together_form_a_full_mesh() {
     let pool = Pool::default();
     let lab = seeded_lab(LARGE);
 
-    // The lab pins the gateways' WAN neighbours above 16 clusters: learned by ARP, 32
-    // gateways would overflow the kernel's neighbour table (shared by all namespaces) and the
-    // pings below would measure that.
+    // Above 16 clusters the lab pins the gateways' WAN neighbours (and every lab raises the
+    // host's neighbour-table limits): the kernel's one table for all namespaces must not be
+    // what the pings below measure.
     let pinned = lab
         .run(&lab.gw_ns(1), &["ip", "neigh", "show", "nud", "permanent"])
         .expect("ip neigh");

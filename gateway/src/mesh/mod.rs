@@ -38,6 +38,8 @@ pub mod records;
 mod model;
 #[cfg(test)]
 mod sim;
+#[cfg(test)]
+mod testing;
 
 pub use directory::{Directory, DirectoryReader, MeshPeer, PeerDirectory};
 

@@ -9,6 +9,7 @@
 //! costs: messages, records carried and signature verifications — O(N), not O(N²).
 
 use super::members::Members;
+use super::testing::Rng;
 use super::*;
 use crate::config::MembersConfig;
 use crate::keys::PrivateKey;
@@ -21,19 +22,6 @@ const DAY: Duration = Duration::from_secs(86_400);
 
 fn t0() -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(1_900_000_000)
-}
-
-/// SplitMix64: a seeded, reproducible order.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
 }
 
 struct Node {
@@ -187,7 +175,7 @@ impl Sim {
             busy |= !batch.is_empty();
             // A seeded shuffle: interleavings differ between seeds.
             for k in (1..batch.len()).rev() {
-                let j = (self.rng.next() % (k as u64 + 1)) as usize;
+                let j = self.rng.below(k + 1);
                 batch.swap(k, j);
             }
             let now = self.now;
