@@ -81,6 +81,19 @@ pub fn init_logging() {
         .init();
 }
 
+/// The `main` of a bench binary: logging, then `run`; an error is printed as `name: error`
+/// (with its causes) and exits 1.
+pub fn bench_main(name: &str, run: impl FnOnce() -> anyhow::Result<()>) -> std::process::ExitCode {
+    init_logging();
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Polls `cond` every 100 ms until it holds (true) or `timeout` passes (false). `cond` is
 /// always evaluated at least once, and once more at the deadline.
 pub fn wait_for(mut cond: impl FnMut() -> bool, timeout: Duration) -> bool {

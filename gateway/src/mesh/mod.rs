@@ -117,7 +117,6 @@ struct FilePeers {
     mesh_addrs: Vec<IpAddr>,
     /// Keepalive for members learned from records.
     keepalive: Option<u16>,
-    identity_peers: Vec<crate::config::IdentityPeerConfig>,
 }
 
 impl FilePeers {
@@ -132,7 +131,6 @@ impl FilePeers {
             own,
             mesh_addrs,
             keepalive: cfg.members.as_ref().and_then(|m| m.persistent_keepalive),
-            identity_peers: cfg.identity_peers.clone(),
         }
     }
 }
@@ -222,7 +220,6 @@ impl Mesh {
         self.joined.reconfigure(&identity_peers);
         self.joined.grace = grace;
         self.file.configured = configured;
-        self.file.identity_peers = identity_peers;
     }
 
     /// A join finished (its chain verified); the slot it filled, if any still expects it.

@@ -75,15 +75,7 @@ fn check_interrupted() -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    isthmus_lab::init_logging();
-    let cli = Cli::parse();
-    match run(&cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("isthmus-mesh-bench: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    isthmus_lab::bench_main("isthmus-mesh-bench", || run(&Cli::parse()))
 }
 
 fn run(cli: &Cli) -> Result<()> {

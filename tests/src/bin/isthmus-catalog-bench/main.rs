@@ -72,15 +72,7 @@ struct Cli {
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 fn main() -> ExitCode {
-    isthmus_lab::init_logging();
-    let cli = Cli::parse();
-    match run(&cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("isthmus-catalog-bench: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    isthmus_lab::bench_main("isthmus-catalog-bench", || run(&Cli::parse()))
 }
 
 fn run(cli: &Cli) -> Result<()> {

@@ -96,15 +96,7 @@ pub struct Cli {
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 fn main() -> ExitCode {
-    isthmus_lab::init_logging();
-    let cli = Cli::parse();
-    match run(&cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("isthmus-vip-bench: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    isthmus_lab::bench_main("isthmus-vip-bench", || run(&Cli::parse()))
 }
 
 fn run(cli: &Cli) -> Result<()> {
