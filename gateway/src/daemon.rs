@@ -377,7 +377,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let expiry = {
         let state = state.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            let mut tick = crate::clock::grid_interval(Duration::from_millis(250));
             loop {
                 tick.tick().await;
                 state.expire();
@@ -443,11 +443,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 }
                 None => None,
             };
+            engine.set_liveness_probe(Some(crate::control::liveness_probe(&c.health)));
             let control = crate::control::Control::start(
                 c.clone(),
                 state.mesh_addr(),
                 Box::new(state.directory.reader()),
                 inbox,
+                Some(Box::new(TunnelOf(engine.clone()))),
             )
             .await
             .context("failed to start the control plane")?;
@@ -760,4 +762,21 @@ fn rotate(state: &DaemonState, new: &Config) -> bool {
         "interface key/SVID rotated; re-joining peers by identity"
     );
     true
+}
+
+/// The engine's view of its peers' liveness, for the control plane's health.
+struct TunnelOf(Arc<Engine>);
+
+impl crate::control::TunnelLiveness for TunnelOf {
+    fn last_heard(&self, mesh_addr: std::net::IpAddr) -> Option<std::time::Instant> {
+        self.0.last_heard(mesh_addr)
+    }
+
+    fn handshakes(&self, mesh_addr: std::net::IpAddr) -> u64 {
+        self.0.peers().route(mesh_addr).map_or(0, |p| {
+            p.stats
+                .handshakes
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+    }
 }

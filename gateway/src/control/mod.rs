@@ -23,8 +23,8 @@ use crate::mesh::{Inbound, Input, MeshPeer, Outgoing, PeerDirectory, Target};
 use anyhow::Context as _;
 use ipnet::IpNet;
 use isthmus_catalog::{
-    DigestEntry, Liveness, LocalCatalog, MembersDigest, MergedCatalog, OpaqueMember, OriginState,
-    SyncMessage, VipAllocator,
+    ClusterName, DigestEntry, Liveness, LocalCatalog, MembersDigest, MergedCatalog, OpaqueMember,
+    OriginState, SyncMessage, VipAllocator,
 };
 use isthmus_catalog_view::ServiceInfo;
 use parking_lot::{Mutex, RwLock};
@@ -55,6 +55,21 @@ struct DialState {
     last_error: Option<String>,
 }
 
+/// How recently the tunnel heard from the peer owning a mesh address (the daemon's engine).
+///
+/// Health counts it as a sign of life of the peer's cluster while a sync session with the peer
+/// is open, so liveness costs one probe datagram per peer and period (see
+/// `Engine::set_liveness_probe`) instead of a heartbeat through the TUN device, TCP and a
+/// session task; a peer that is slow to read its sync socket but whose tunnel answers is not
+/// marked down.
+pub trait TunnelLiveness: Send + Sync + 'static {
+    /// When an authenticated datagram last came from the peer routing `mesh_addr`.
+    fn last_heard(&self, mesh_addr: IpAddr) -> Option<Instant>;
+    /// How many handshakes the peer routing `mesh_addr` completed: a change may mean it
+    /// restarted, and a restarted peer has no sync session any more.
+    fn handshakes(&self, mesh_addr: IpAddr) -> u64;
+}
+
 /// State shared by the control plane's tasks and read by the admin interfaces.
 pub struct Shared {
     pub(crate) catalog: Arc<Mutex<MergedCatalog>>,
@@ -73,6 +88,8 @@ pub struct Shared {
     mesh_inbox: Option<tokio::sync::mpsc::Sender<Inbound>>,
     dns_stats: OnceLock<Arc<isthmus_dns::QueryStats>>,
     directory: Box<dyn PeerDirectory>,
+    /// The tunnel's view of each peer's liveness, if the daemon runs a data plane.
+    liveness: Option<Box<dyn TunnelLiveness>>,
     /// Identity and generation of every member record the mesh holds (`[members]`): sent when
     /// a session opens, and now and then to one session (anti-entropy).
     digest: RwLock<Vec<DigestEntry>>,
@@ -330,6 +347,7 @@ impl Control {
         mesh_addr: Option<IpAddr>,
         directory: Box<dyn PeerDirectory>,
         mesh_inbox: Option<tokio::sync::mpsc::Sender<Inbound>>,
+        liveness: Option<Box<dyn TunnelLiveness>>,
     ) -> anyhow::Result<Control> {
         let mesh_addr =
             mesh_addr.context("the control plane needs a mesh address ([interface] address)")?;
@@ -380,10 +398,11 @@ impl Control {
             mesh_inbox,
             dns_stats: OnceLock::new(),
             directory,
+            liveness,
             digest: RwLock::new(Vec::new()),
             routes: RwLock::new(Vec::new()),
             shutdown,
-            beat_epoch: beat_epoch(),
+            beat_epoch: crate::clock::wall_second_epoch(),
         });
         files.save(&shared)?;
 
@@ -510,35 +529,43 @@ impl Control {
     }
 }
 
-/// Runs the catalog's health timers: sleeps until `poll_timeout`, handles what is due, logs
-/// the events and tells the store and watchers. DNS needs no push: it reads the catalog per
-/// query with the current time.
-/// The monotonic instant of the last whole second of the wall clock.
-fn beat_epoch() -> Instant {
-    let now = Instant::now();
-    let into_second = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(Duration::ZERO, |d| {
-            Duration::from_nanos(u64::from(d.subsec_nanos()))
-        });
-    now.checked_sub(into_second).unwrap_or(now)
-}
-
 /// A health timer firing this late means this process was not running.
 const STALL: Duration = Duration::from_millis(300);
 
+/// The period of the liveness probes the tunnel sends each peer (when nothing else went to it):
+/// three per `down_after`, so one lost or late probe does not mark a cluster down.
+pub fn liveness_probe(health: &isthmus_catalog::HealthConfig) -> Duration {
+    (health.down_after / 3).max(HEALTH_STEP)
+}
+
+/// The health check runs at least this often, on the gateway's timer grid (`crate::clock`).
+const HEALTH_STEP: Duration = Duration::from_millis(250);
+
+/// Runs the catalog's health timers: feeds it what the tunnel heard from each peer, then
+/// handles what is due, logs the events and tells the store and watchers. DNS needs no push:
+/// it reads the catalog per query with the current time.
 async fn health_loop(shared: Arc<Shared>) {
-    const MAX_SLEEP: Duration = Duration::from_millis(250);
+    let epoch = shared.beat_epoch;
+    let mut tunnel = TunnelSeen::default();
     loop {
         let wake = shared.catalog.lock().poll_timeout();
         let now = Instant::now();
-        let until = wake.map_or(now + MAX_SLEEP, |w| w.min(now + MAX_SLEEP));
+        // On the grid the data plane's tick and the other timers use, so one wake-up serves
+        // them all; a health deadline between two grid points waits for the next.
+        let next = crate::clock::on_grid(epoch, HEALTH_STEP, now + Duration::from_nanos(1));
+        let until = match wake {
+            Some(due) if due <= now => due,
+            _ => next,
+        };
         tokio::time::sleep_until(until.into()).await;
         let now = Instant::now();
+        let late = now.saturating_duration_since(until);
+        if let Some(liveness) = &shared.liveness {
+            tunnel.observe(&shared, liveness.as_ref());
+        }
         let events = {
             let mut catalog = shared.catalog.lock();
             // Woken this late: the machine starved this process, not the peers of ours.
-            let late = now.saturating_duration_since(until);
             if late >= STALL {
                 catalog.credit_stall(late, now);
             }
@@ -562,6 +589,70 @@ async fn health_loop(shared: Arc<Shared>) {
         }
         if !events.is_empty() {
             shared.changed();
+        }
+    }
+}
+
+/// What the health loop last took from the tunnel, per peer with an open sync session.
+#[derive(Default)]
+struct TunnelSeen {
+    peers: BTreeMap<IpAddr, Seen>,
+}
+
+struct Seen {
+    heard: Option<Instant>,
+    handshakes: u64,
+}
+
+impl TunnelSeen {
+    /// Counts what the tunnel heard since the last call as signs of life of the peers' clusters
+    /// (only peers with an open sync session: a cluster whose records are not being synced is
+    /// not offered on the strength of its tunnel alone). A peer heard again after missing
+    /// probes, or with a new handshake, may have restarted: its sessions get a heartbeat now,
+    /// which a restarted peer answers with a reset, so the session is re-dialled at once
+    /// rather than at its next heartbeat.
+    fn observe(&mut self, shared: &Shared, liveness: &dyn TunnelLiveness) {
+        let open: BTreeMap<IpAddr, ClusterName> = shared
+            .sessions
+            .lock()
+            .values()
+            .map(|e| (e.peer.addr, e.peer.cluster.clone()))
+            .collect();
+        self.peers.retain(|addr, _| open.contains_key(addr));
+        let probe = liveness_probe(shared.catalog.lock().config());
+        let mut alive = Vec::new();
+        let mut nudge = Vec::new();
+        for (addr, cluster) in open {
+            let heard = liveness.last_heard(addr);
+            let handshakes = liveness.handshakes(addr);
+            let seen = self.peers.entry(addr).or_insert(Seen {
+                heard: None,
+                handshakes,
+            });
+            if let Some(at) = heard.filter(|at| seen.heard.is_none_or(|prev| *at > prev)) {
+                alive.push((cluster, at));
+                let gap = seen.heard.map(|prev| at.saturating_duration_since(prev));
+                if gap.is_some_and(|g| g > probe + probe / 2) || handshakes != seen.handshakes {
+                    nudge.push(addr);
+                }
+                seen.heard = Some(at);
+            }
+            seen.handshakes = handshakes;
+        }
+        if !alive.is_empty() {
+            let mut catalog = shared.catalog.lock();
+            for (cluster, at) in &alive {
+                catalog.observe_alive(cluster, *at);
+            }
+        }
+        if !nudge.is_empty() {
+            let beat = shared.catalog.lock().heartbeat();
+            for addr in nudge {
+                let _ = shared.deltas.send(Outbound {
+                    to: Target::One(addr),
+                    msg: beat.clone(),
+                });
+            }
         }
     }
 }

@@ -57,9 +57,32 @@ impl std::fmt::Display for Close {
     }
 }
 
-/// A session ends after this much silence: four times `down_after`, at least 10 s.
-pub fn idle_after(health: &HealthConfig) -> Duration {
-    (health.down_after * 4).max(Duration::from_secs(10))
+/// How often a session speaks when it has nothing else to send.
+///
+/// When the tunnel tells whether a peer is alive ([`super::TunnelLiveness`]: both ends probe
+/// it every `down_after / 3`), the heartbeat only finds a dead connection (a peer that
+/// restarted answers it with a reset) and carries the watermark, so it comes every 30 s at
+/// most (health also sends one at once when the tunnel suggests the peer restarted): a gateway with hundreds of peers then pays for liveness in 32-byte datagrams on one
+/// timer, not in TCP segments through the TUN device. Without it, the heartbeat is the sign
+/// of life health counts on: every `down_after / 3`.
+pub fn heartbeat_every(health: &HealthConfig, tunnel_liveness: bool) -> Duration {
+    let fast = (health.down_after / 3).max(Duration::from_millis(50));
+    if tunnel_liveness {
+        fast.max(QUIET_HEARTBEAT)
+    } else {
+        fast
+    }
+}
+
+/// The heartbeat period of a session whose peer's liveness the tunnel tells.
+const QUIET_HEARTBEAT: Duration = Duration::from_secs(30);
+
+/// A session ends after this much silence: four times `down_after` and three heartbeats, at
+/// least 10 s.
+pub fn idle_after(health: &HealthConfig, heartbeat_every: Duration) -> Duration {
+    (health.down_after * 4)
+        .max(heartbeat_every * 3)
+        .max(Duration::from_secs(10))
 }
 
 #[derive(Debug)]
@@ -76,9 +99,14 @@ pub struct SessionCore {
 }
 
 impl SessionCore {
-    /// A session with `peer` (its cluster, from its verified identity) opening at `now`.
-    pub fn new(peer: ClusterName, health: &HealthConfig, now: Instant) -> Self {
-        let heartbeat_every = (health.down_after / 3).max(Duration::from_millis(50));
+    /// A session with `peer` (its cluster, from its verified identity) opening at `now`,
+    /// speaking at least every `heartbeat_every` (see [`heartbeat_every`]).
+    pub fn new(
+        peer: ClusterName,
+        health: &HealthConfig,
+        heartbeat_every: Duration,
+        now: Instant,
+    ) -> Self {
         Self {
             peer,
             decoder: FrameDecoder::new(),
@@ -86,10 +114,10 @@ impl SessionCore {
             last_heard: now,
             heartbeat_every,
             grid: None,
-            // Heartbeats come every down_after/3. Health marks a silent peer down after
-            // down_after; the session itself is kept much longer, so a peer that is slow (a
-            // busy machine) but alive keeps its session and needs no resync when it answers.
-            idle_after: idle_after(health),
+            // Health marks a silent peer down after down_after; the session itself is kept
+            // much longer, so a peer that is slow (a busy machine) but alive keeps its
+            // session and needs no resync when it answers.
+            idle_after: idle_after(health, heartbeat_every),
             synced: false,
         }
     }
@@ -110,14 +138,8 @@ impl SessionCore {
     fn heartbeat_due(&self) -> Instant {
         let due = self.last_sent + self.heartbeat_every;
         match self.grid {
-            Some((epoch, step)) if due > epoch => {
-                let steps = due
-                    .duration_since(epoch)
-                    .as_nanos()
-                    .div_ceil(step.as_nanos());
-                epoch + step * u32::try_from(steps).unwrap_or(u32::MAX)
-            }
-            _ => due,
+            Some((epoch, step)) => crate::clock::on_grid(epoch, step, due),
+            None => due,
         }
     }
 
@@ -213,6 +235,16 @@ mod tests {
         encode, Endpoint, LocalCatalog, OriginState, ServiceExport, ServiceName, VipAllocator,
     };
 
+    /// A session whose heartbeat is the only sign of life (no tunnel liveness).
+    fn core(peer: &str, health: &HealthConfig, now: Instant) -> SessionCore {
+        SessionCore::new(
+            ClusterName::new(peer).unwrap(),
+            health,
+            heartbeat_every(health, false),
+            now,
+        )
+    }
+
     fn catalog(cluster: &str) -> MergedCatalog {
         MergedCatalog::new(
             LocalCatalog::new(ClusterName::new(cluster).unwrap(), 1),
@@ -268,8 +300,8 @@ mod tests {
         c1.set_exports(vec![export("a", "10.1.1.2")]).unwrap();
         c2.set_exports(vec![export("b", "10.2.1.2")]).unwrap();
         let health = HealthConfig::default();
-        let mut s1 = SessionCore::new(ClusterName::new("c2").unwrap(), &health, now);
-        let mut s2 = SessionCore::new(ClusterName::new("c1").unwrap(), &health, now);
+        let mut s1 = core("c2", &health, now);
+        let mut s2 = core("c1", &health, now);
         let h1 = s1.open(&c1);
         let h2 = s2.open(&c2);
         pump(
@@ -304,8 +336,8 @@ mod tests {
         let now = Instant::now();
         let (mut c1, mut c2) = (catalog("c1"), catalog("c2"));
         let health = HealthConfig::default();
-        let mut s1 = SessionCore::new(ClusterName::new("c2").unwrap(), &health, now);
-        let mut s2 = SessionCore::new(ClusterName::new("c1").unwrap(), &health, now);
+        let mut s1 = core("c2", &health, now);
+        let mut s2 = core("c1", &health, now);
         // c1 never got c2's snapshot; a delta arrives first.
         let delta = c2
             .set_exports(vec![export("b", "10.2.1.2")])
@@ -330,7 +362,7 @@ mod tests {
         let now = Instant::now();
         let mut c1 = catalog("c1");
         let health = HealthConfig::default();
-        let mut from_c3 = SessionCore::new(ClusterName::new("c3").unwrap(), &health, now);
+        let mut from_c3 = core("c3", &health, now);
         let mut forged = OriginState::new(ClusterName::new("c2").unwrap(), 7);
         forged.version = 1;
         let e = export("b", "10.3.1.2");
@@ -348,11 +380,7 @@ mod tests {
     fn garbage_closes_with_a_decode_error() {
         let now = Instant::now();
         let mut c1 = catalog("c1");
-        let mut s = SessionCore::new(
-            ClusterName::new("c2").unwrap(),
-            &HealthConfig::default(),
-            now,
-        );
+        let mut s = core("c2", &HealthConfig::default(), now);
         let mut out = Vec::new();
         let r = s.on_bytes(&[0, 0, 0, 3, 0, 9, 9], &mut c1, now, &mut out);
         assert!(matches!(r, Err(Close::Decode(_))), "{r:?}");
@@ -364,7 +392,7 @@ mod tests {
         let now = Instant::now();
         let c1 = catalog("c1");
         let health = HealthConfig::default();
-        let mut s = SessionCore::new(ClusterName::new("c2").unwrap(), &health, now);
+        let mut s = core("c2", &health, now);
         assert_eq!(s.poll_timeout(), now + Duration::from_secs(1));
         assert_eq!(s.handle_timeout(&c1, now), Ok(None));
         let hb = s.handle_timeout(&c1, now + Duration::from_secs(1)).unwrap();
@@ -384,23 +412,42 @@ mod tests {
     }
 
     #[test]
+    fn with_tunnel_liveness_heartbeats_are_rare_and_the_session_patient() {
+        let now = Instant::now();
+        let c1 = catalog("c1");
+        let health = HealthConfig::default();
+        let every = heartbeat_every(&health, true);
+        assert_eq!(every, Duration::from_secs(30));
+        let mut s = SessionCore::new(ClusterName::new("c2").unwrap(), &health, every, now);
+        assert_eq!(s.idle_after(), Duration::from_secs(90));
+        assert_eq!(
+            s.handle_timeout(&c1, now + Duration::from_millis(29_999)),
+            Ok(None)
+        );
+        assert!(matches!(
+            s.handle_timeout(&c1, now + Duration::from_secs(30)),
+            Ok(Some(SyncMessage::Heartbeat(_)))
+        ));
+        assert_eq!(
+            s.handle_timeout(&c1, now + Duration::from_secs(90)),
+            Err(Close::Idle)
+        );
+        // A long down_after keeps its own, slower pace.
+        let slow = HealthConfig {
+            down_after: Duration::from_secs(120),
+            ..HealthConfig::default()
+        };
+        assert_eq!(heartbeat_every(&slow, true), Duration::from_secs(40));
+    }
+
+    #[test]
     fn aligned_heartbeats_fall_on_one_grid_at_most_a_step_late() {
         let epoch = Instant::now();
         let c1 = catalog("c1");
         let health = HealthConfig::default();
         // Two sessions opened at scattered times beat together, on the 250 ms grid.
-        let a = SessionCore::new(
-            ClusterName::new("c2").unwrap(),
-            &health,
-            epoch + Duration::from_millis(10),
-        )
-        .aligned_to(epoch);
-        let b = SessionCore::new(
-            ClusterName::new("c3").unwrap(),
-            &health,
-            epoch + Duration::from_millis(190),
-        )
-        .aligned_to(epoch);
+        let a = core("c2", &health, epoch + Duration::from_millis(10)).aligned_to(epoch);
+        let b = core("c3", &health, epoch + Duration::from_millis(190)).aligned_to(epoch);
         assert_eq!(a.poll_timeout(), epoch + Duration::from_millis(1250));
         assert_eq!(b.poll_timeout(), epoch + Duration::from_millis(1250));
         let mut a = a;
@@ -417,12 +464,7 @@ mod tests {
             down_after: Duration::from_millis(600),
             ..HealthConfig::default()
         };
-        let f = SessionCore::new(
-            ClusterName::new("c2").unwrap(),
-            &fast,
-            epoch + Duration::from_millis(1),
-        )
-        .aligned_to(epoch);
+        let f = core("c2", &fast, epoch + Duration::from_millis(1)).aligned_to(epoch);
         assert_eq!(f.poll_timeout(), epoch + Duration::from_millis(250));
     }
 }

@@ -182,8 +182,10 @@ pub(super) async fn first_exports(
 /// file is logged and the previous exports stay.
 pub(super) async fn static_loop(shared: Arc<Shared>, path: PathBuf) {
     let mut last = exports::stamp(&path);
+    let mut tick = crate::clock::grid_interval(FILE_POLL);
+    tick.tick().await;
     loop {
-        tokio::time::sleep(FILE_POLL).await;
+        tick.tick().await;
         let now = exports::stamp(&path);
         if now == last {
             continue;

@@ -21,7 +21,8 @@ use tokio::sync::broadcast::error::RecvError;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 const MAX_RETRY: Duration = Duration::from_secs(5);
-const DIAL_TICK: Duration = Duration::from_millis(200);
+/// Dials are tried on the gateway's timer grid (`crate::clock`), with its other timers.
+const DIAL_TICK: Duration = Duration::from_millis(250);
 /// A session in step for this long resets the dial backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(5);
 
@@ -182,7 +183,9 @@ async fn run(shared: &Arc<Shared>, stream: TcpStream, peer: &MeshPeer, id: u64) 
     let mut shutdown = shared.shutdown.subscribe();
     let (mut core, hello) = {
         let catalog = shared.catalog.lock();
-        let mut core = SessionCore::new(peer.cluster.clone(), catalog.config(), Instant::now())
+        let health = catalog.config();
+        let every = super::session::heartbeat_every(health, shared.liveness.is_some());
+        let mut core = SessionCore::new(peer.cluster.clone(), health, every, Instant::now())
             .aligned_to(shared.beat_epoch);
         let hello = core.open(&catalog);
         (core, hello)
@@ -285,7 +288,9 @@ async fn run(shared: &Arc<Shared>, stream: TcpStream, peer: &MeshPeer, id: u64) 
 /// Dials every peer whose mesh address is above ours and has no session, with backoff, and
 /// closes the sessions of peers that are no longer peers (they left, or were removed).
 pub(super) async fn dial_loop(shared: Arc<Shared>) {
+    let mut tick = crate::clock::grid_interval(DIAL_TICK);
     loop {
+        tick.tick().await;
         let now = Instant::now();
         let peers = shared.directory.peers();
         let gone: Vec<(u64, MeshPeer)> = shared
@@ -308,14 +313,14 @@ pub(super) async fn dial_loop(shared: Arc<Shared>) {
             .dials
             .lock()
             .retain(|addr, _| peers.iter().any(|p| p.addr == *addr));
+        let open: std::collections::BTreeSet<IpAddr> = shared
+            .sessions
+            .lock()
+            .values()
+            .map(|e| e.peer.addr)
+            .collect();
         for peer in peers.iter().cloned() {
-            if peer.addr <= shared.mesh_addr
-                || shared
-                    .sessions
-                    .lock()
-                    .values()
-                    .any(|e| e.peer.addr == peer.addr)
-            {
+            if peer.addr <= shared.mesh_addr || open.contains(&peer.addr) {
                 continue;
             }
             {
@@ -348,7 +353,6 @@ pub(super) async fn dial_loop(shared: Arc<Shared>) {
                 }
             });
         }
-        tokio::time::sleep(DIAL_TICK).await;
     }
 }
 

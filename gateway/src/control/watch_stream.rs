@@ -244,9 +244,15 @@ mod tests {
             store: None,
             dns: None,
         };
-        let control = Control::start(config, Some([127, 0, 0, 1].into()), Box::new(NoPeers), None)
-            .await
-            .unwrap();
+        let control = Control::start(
+            config,
+            Some([127, 0, 0, 1].into()),
+            Box::new(NoPeers),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
         let shared = control.shared();
         shared.set_routes(nets(&["100.96.0.1/32", "10.2.0.0/16", "100.96.0.1/32"]));
 

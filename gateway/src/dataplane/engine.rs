@@ -2,7 +2,7 @@
 //! what is dropped and why. The I/O shell (`io.rs`) feeds it batches and drains its queues.
 
 use super::drops::{DropCounters, DropReason};
-use super::peer::Peer;
+use super::peer::{Peer, REJECT_AFTER_TIME};
 use super::queue::{RxQueue, TxQueue};
 use super::router::AllowedIps;
 use crate::config::PeerConfig;
@@ -15,9 +15,9 @@ use boringtun::noise::{Packet, Tunn, TunnResult};
 use ipnet::IpNet;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Handshakes per second before the responder demands cookies (WireGuard paper §5.3).
 pub const HANDSHAKE_RATE_LIMIT: u64 = 100;
@@ -62,6 +62,8 @@ pub struct Engine {
     next_index: AtomicU32,
     /// Padding never takes a packet past the tunnel MTU.
     mtu: usize,
+    /// Liveness probe period in nanoseconds, 0 for none (see [`Engine::set_liveness_probe`]).
+    probe_every: AtomicU64,
     pub drops: DropCounters,
 }
 
@@ -110,6 +112,7 @@ impl Engine {
             // Index 0 is never handed out, so a zeroed receiver index never matches.
             next_index: AtomicU32::new(1),
             mtu,
+            probe_every: AtomicU64::new(0),
             drops: DropCounters::default(),
         };
         engine.apply_peers(peers);
@@ -139,6 +142,25 @@ impl Engine {
             peer.initiate.store(true, Ordering::Relaxed);
         }
         self.keys.store(Arc::new(keys));
+    }
+
+    /// Makes every peer with a session hear from us at least every `every`: a tick sends a
+    /// keepalive (an empty data packet, WireGuard paper §6.5) to a peer nothing was sent to
+    /// for that long. With both ends probing, [`Engine::last_heard`] tells whether a peer is
+    /// alive at the cost of one 32-byte datagram per period each way, and no more when
+    /// traffic flows. Keepalives go out on the tick, so one `sendmmsg` carries all that are due.
+    /// `None` sends only what boringtun's own timers send.
+    pub fn set_liveness_probe(&self, every: Option<Duration>) {
+        let nanos = every.map_or(0, |d| {
+            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1)
+        });
+        self.probe_every.store(nanos, Ordering::Relaxed);
+    }
+
+    /// When the peer routing `addr` (e.g. a peer's mesh address) was last heard from: any
+    /// authenticated datagram, seen at tick resolution.
+    pub fn last_heard(&self, addr: IpAddr) -> Option<Instant> {
+        self.peers.load().route(addr)?.last_heard()
     }
 
     pub fn peers(&self) -> arc_swap::Guard<Arc<PeerSet>> {
@@ -447,10 +469,15 @@ impl Engine {
     /// handshake rate limiter start a new second (it keeps its own one-second period).
     pub fn tick(&self, now: Instant) -> TickRound {
         self.keys.load().rate_limiter.reset_count();
+        let probe = match self.probe_every.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(Duration::from_nanos(n)),
+        };
         TickRound {
             peers: self.peers.load_full(),
             next: 0,
             now,
+            probe,
         }
     }
 
@@ -485,6 +512,7 @@ pub struct TickRound {
     peers: Arc<PeerSet>,
     next: usize,
     now: Instant,
+    probe: Option<Duration>,
 }
 
 impl TickRound {
@@ -496,21 +524,39 @@ impl TickRound {
                 return false;
             }
             self.next += 1;
-            tick_peer(peer, tx, self.now);
+            tick_peer(peer, tx, self.now, self.probe);
         }
         true
     }
 }
 
+/// Ticks fall on a grid of this period; a probe due within half of it goes out now.
+const TICK_SLACK: Duration = Duration::from_millis(125);
+
 /// One peer's timers: a handshake initiation when one was asked for, else boringtun's
-/// timers; what they produce goes into `tx`, which has room for one datagram.
-fn tick_peer(peer: &Arc<Peer>, tx: &mut TxQueue, now: Instant) {
+/// timers, else a liveness probe when due; what they produce goes into `tx`, which has room
+/// for one datagram.
+fn tick_peer(peer: &Arc<Peer>, tx: &mut TxQueue, now: Instant, probe: Option<Duration>) {
+    let quiet = peer.sample_traffic(now);
     let mut tunn = peer.tunn.lock();
     let kick = peer.initiate.swap(false, Ordering::Relaxed) && peer.endpoint().is_some();
     let outcome = if kick {
         tunn.format_handshake_initiation(tx.slot(), false)
     } else {
-        tunn.update_timers(tx.slot())
+        match tunn.update_timers(tx.slot()) {
+            TunnResult::Done => {
+                let session = tunn.stats().0.is_some_and(|s| s < REJECT_AFTER_TIME);
+                let due = probe
+                    .is_some_and(|every| quiet.is_none_or(|q| q + TICK_SLACK >= every) && session);
+                if due && peer.endpoint().is_some() {
+                    // An established session: this is a keepalive, never a handshake.
+                    tunn.encapsulate(&[], tx.slot())
+                } else {
+                    TunnResult::Done
+                }
+            }
+            other => other,
+        }
     };
     let result = match outcome {
         TunnResult::WriteToNetwork(out) => Ok(out.len()),
@@ -525,6 +571,8 @@ fn tick_peer(peer: &Arc<Peer>, tx: &mut TxQueue, now: Instant) {
             if let Some(ep) = peer.endpoint() {
                 count_tx(peer, tx.slot(), len);
                 tx.commit(ep, len, Some(peer));
+                // Sent now, not at the next tick.
+                peer.sample_traffic(now);
             }
         }
         Err(true) => peer.note_expired(),

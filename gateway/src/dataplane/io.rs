@@ -322,11 +322,12 @@ async fn flush_tun(engine: &Engine, tun: &AsyncDevice, rx: &mut RxQueue, gro: &m
     rx.clear();
 }
 
-/// Every [`TICK`], one round of every peer's timers, sent in batches of the queue's size.
+/// Every [`TICK`], one round of every peer's timers, sent in batches of the queue's size. The
+/// ticks fall on the gateway's timer grid (`crate::clock`), so the liveness probes of every
+/// gateway go out at the same instants and the control plane's health check runs right after.
 async fn timers(engine: Arc<Engine>, udp: Arc<Udp>, mut shutdown: watch::Receiver<bool>) {
     let mut tx = TxQueue::new(64, 256, 1);
-    let mut interval = tokio::time::interval(TICK);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut interval = crate::clock::grid_interval(TICK);
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,

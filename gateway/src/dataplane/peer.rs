@@ -100,6 +100,19 @@ struct Health {
     last_send_error: Option<(Instant, String)>,
 }
 
+/// What the timer ticks saw of a peer's traffic, for liveness (see [`Engine::tick`]): the
+/// wire byte counters at the last tick and when each last moved. Sampled at ticks, so the
+/// packet path pays nothing for it and the times are at most one tick late.
+///
+/// [`Engine::tick`]: super::Engine::tick
+#[derive(Debug, Default)]
+struct Traffic {
+    rx_seen: u64,
+    tx_seen: u64,
+    heard_at: Option<Instant>,
+    sent_at: Option<Instant>,
+}
+
 #[derive(Debug, Clone)]
 struct Meta {
     name: Option<String>,
@@ -119,6 +132,7 @@ pub struct Peer {
     pub stats: PeerStats,
     pub drops: DropCounters,
     health: Mutex<Health>,
+    traffic: Mutex<Traffic>,
     /// Start a handshake at the next timer tick instead of waiting for traffic, so a restarted
     /// gateway is reachable again at once (its peers' old sessions died with its state).
     pub(super) initiate: AtomicBool,
@@ -153,6 +167,7 @@ impl Peer {
             stats: PeerStats::default(),
             drops: DropCounters::default(),
             health: Mutex::new(Health::default()),
+            traffic: Mutex::new(Traffic::default()),
             initiate: AtomicBool::new(config.endpoint.is_some()),
             retiring: AtomicBool::new(false),
         }
@@ -250,6 +265,29 @@ impl Peer {
             h.last_send_error = None;
             self.stats.handshakes.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Notes, at tick time `now`, whether authenticated datagrams came from or went to this
+    /// peer since the last tick. Returns how long nothing was sent to it (`None`: never).
+    pub(super) fn sample_traffic(&self, now: Instant) -> Option<Duration> {
+        let rx = self.stats.rx_wire_bytes.load(Ordering::Relaxed);
+        let tx = self.stats.tx_wire_bytes.load(Ordering::Relaxed);
+        let mut t = self.traffic.lock();
+        if rx != t.rx_seen {
+            t.rx_seen = rx;
+            t.heard_at = Some(now);
+        }
+        if tx != t.tx_seen {
+            t.tx_seen = tx;
+            t.sent_at = Some(now);
+        }
+        t.sent_at.map(|at| now.saturating_duration_since(at))
+    }
+
+    /// When the last authenticated datagram from this peer was seen (at tick resolution):
+    /// a data packet, a keepalive or a handshake message.
+    pub fn last_heard(&self) -> Option<Instant> {
+        self.traffic.lock().heard_at
     }
 
     /// Where this peer's session stands at `now`.

@@ -55,6 +55,10 @@ struct Cli {
     /// Seconds the mesh gets to form; the watch and idle figures are taken either way.
     #[arg(long, default_value_t = 300)]
     mesh_timeout: u64,
+    /// `[control] down_after` in seconds (default 3): the tunnel's liveness probes go to each
+    /// peer every third of it, so it sets most of the idle cost.
+    #[arg(long)]
+    down_after: Option<f64>,
     /// Concurrent subprocesses (tunctl, ping) the bench runs at most; default two per core,
     /// at most 8.
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=64))]
@@ -90,7 +94,8 @@ fn run(cli: &Cli) -> Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     println!(
         "# isthmus-mesh-bench: {n} clusters, seeded (c1: c2, others: c1), [members] on; \
-         {cores} CPUs, load {} at the start, {} lab workers",
+         down_after {} s; {cores} CPUs, load {} at the start, {} lab workers",
+        cli.down_after.unwrap_or(3.0),
         load_average(),
         pool.workers()
     );
@@ -103,7 +108,18 @@ fn run(cli: &Cli) -> Result<()> {
         .context("failed to build the lab")?;
     lab.binary(GATEWAY_BIN)?;
     let svids = lab.issue_gateway_svids().context("failed to issue SVIDs")?;
-    lab.write_seeded_configs(&svids, |i| if i == 1 { 2 } else { 1 }, None)?;
+    lab.write_seeded_configs_with(
+        &svids,
+        |i| if i == 1 { 2 } else { 1 },
+        None,
+        |_, extra| {
+            if let (Some(d), Some(toml::Value::Table(control))) =
+                (cli.down_after, extra.get_mut("control"))
+            {
+                control.insert("down_after".into(), d.into());
+            }
+        },
+    )?;
     eprintln!(
         "lab {} built and SVIDs issued in {:.1} s",
         lab.id(),
