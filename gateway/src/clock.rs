@@ -33,10 +33,21 @@ pub fn on_grid(epoch: Instant, step: Duration, at: Instant) -> Instant {
     epoch + step * u32::try_from(steps).unwrap_or(u32::MAX)
 }
 
-/// A tokio interval ticking on the grid of `step` from the wall-clock second (see the module
-/// notes); a tick missed because the runtime was busy is skipped, not bunched, so the phase holds.
+/// The process's grid epoch: [`wall_second_epoch`] when first asked, the same for every task.
+pub fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(wall_second_epoch)
+}
+
+/// The next point of the grid of `step` strictly after `now`.
+pub fn next_after(step: Duration, now: Instant) -> Instant {
+    on_grid(epoch(), step, now + Duration::from_nanos(1))
+}
+
+/// A tokio interval ticking on the grid of `step` (see the module notes); a tick missed
+/// because the runtime was busy is skipped, not bunched, so the phase holds.
 pub fn grid_interval(step: Duration) -> tokio::time::Interval {
-    let first = on_grid(wall_second_epoch(), step, Instant::now());
+    let first = on_grid(epoch(), step, Instant::now());
     let mut interval = tokio::time::interval_at(first.into(), step);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     interval

@@ -377,9 +377,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let expiry = {
         let state = state.clone();
         tokio::spawn(async move {
-            let mut tick = crate::clock::grid_interval(Duration::from_millis(250));
+            // Grace periods, SVIDs and member records lapse on a scale of seconds: once a
+            // second on the timer grid, every step while a rotated key waits to be switched.
             loop {
-                tick.tick().await;
+                let step = if state.pending_key.lock().is_some() {
+                    Duration::from_millis(250)
+                } else {
+                    Duration::from_secs(1)
+                };
+                let next = crate::clock::next_after(step, std::time::Instant::now());
+                tokio::time::sleep_until(next.into()).await;
                 state.expire();
             }
         })

@@ -402,7 +402,7 @@ impl Control {
             digest: RwLock::new(Vec::new()),
             routes: RwLock::new(Vec::new()),
             shutdown,
-            beat_epoch: crate::clock::wall_second_epoch(),
+            beat_epoch: crate::clock::epoch(),
         });
         files.save(&shared)?;
 
@@ -538,24 +538,28 @@ pub fn liveness_probe(health: &isthmus_catalog::HealthConfig) -> Duration {
     (health.down_after / 3).max(HEALTH_STEP)
 }
 
-/// The health check runs at least this often, on the gateway's timer grid (`crate::clock`).
+/// The health check's deadlines fall on this grid (the gateway's timer grid, `crate::clock`).
 const HEALTH_STEP: Duration = Duration::from_millis(250);
+/// The health check runs at least this often.
+const HEALTH_IDLE: Duration = Duration::from_secs(1);
 
 /// Runs the catalog's health timers: feeds it what the tunnel heard from each peer, then
 /// handles what is due, logs the events and tells the store and watchers. DNS needs no push:
 /// it reads the catalog per query with the current time.
 async fn health_loop(shared: Arc<Shared>) {
-    let epoch = shared.beat_epoch;
     let mut tunnel = TunnelSeen::default();
     loop {
         let wake = shared.catalog.lock().poll_timeout();
         let now = Instant::now();
         // On the grid the data plane's tick and the other timers use, so one wake-up serves
-        // them all; a health deadline between two grid points waits for the next.
-        let next = crate::clock::on_grid(epoch, HEALTH_STEP, now + Duration::from_nanos(1));
+        // them all: a health deadline waits for the next grid point, and with nothing due the
+        // check runs once a second. What the tunnel heard is fed in before every decision,
+        // so feeding it late never marks a cluster down.
+        let idle = crate::clock::next_after(HEALTH_IDLE, now);
         let until = match wake {
             Some(due) if due <= now => due,
-            _ => next,
+            Some(due) => crate::clock::on_grid(crate::clock::epoch(), HEALTH_STEP, due).min(idle),
+            None => idle,
         };
         tokio::time::sleep_until(until.into()).await;
         let now = Instant::now();

@@ -23,6 +23,7 @@ const FIRST_RETRY: Duration = Duration::from_millis(500);
 const MAX_RETRY: Duration = Duration::from_secs(5);
 /// Dials are tried on the gateway's timer grid (`crate::clock`), with its other timers.
 const DIAL_TICK: Duration = Duration::from_millis(250);
+const DIAL_IDLE: Duration = Duration::from_secs(1);
 /// A session in step for this long resets the dial backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(5);
 
@@ -288,9 +289,11 @@ async fn run(shared: &Arc<Shared>, stream: TcpStream, peer: &MeshPeer, id: u64) 
 /// Dials every peer whose mesh address is above ours and has no session, with backoff, and
 /// closes the sessions of peers that are no longer peers (they left, or were removed).
 pub(super) async fn dial_loop(shared: Arc<Shared>) {
-    let mut tick = crate::clock::grid_interval(DIAL_TICK);
+    let mut pending = true;
     loop {
-        tick.tick().await;
+        // Every grid step while a peer waits for its dial, once a second when all are in session.
+        let step = if pending { DIAL_TICK } else { DIAL_IDLE };
+        tokio::time::sleep_until(crate::clock::next_after(step, Instant::now()).into()).await;
         let now = Instant::now();
         let peers = shared.directory.peers();
         let gone: Vec<(u64, MeshPeer)> = shared
@@ -319,10 +322,12 @@ pub(super) async fn dial_loop(shared: Arc<Shared>) {
             .values()
             .map(|e| e.peer.addr)
             .collect();
+        pending = false;
         for peer in peers.iter().cloned() {
             if peer.addr <= shared.mesh_addr || open.contains(&peer.addr) {
                 continue;
             }
+            pending = true;
             {
                 let mut dials = shared.dials.lock();
                 let d = dials.entry(peer.addr).or_insert_with(|| DialState {

@@ -2,7 +2,7 @@
 //! what is dropped and why. The I/O shell (`io.rs`) feeds it batches and drains its queues.
 
 use super::drops::{DropCounters, DropReason};
-use super::peer::{Peer, REJECT_AFTER_TIME};
+use super::peer::{Peer, REJECT_AFTER_TIME, REKEY_AFTER_TIME};
 use super::queue::{RxQueue, TxQueue};
 use super::router::AllowedIps;
 use crate::config::PeerConfig;
@@ -64,6 +64,8 @@ pub struct Engine {
     mtu: usize,
     /// Liveness probe period in nanoseconds, 0 for none (see [`Engine::set_liveness_probe`]).
     probe_every: AtomicU64,
+    /// Tick rounds started, for peers whose timers run every few rounds.
+    rounds: AtomicU64,
     pub drops: DropCounters,
 }
 
@@ -113,6 +115,7 @@ impl Engine {
             next_index: AtomicU32::new(1),
             mtu,
             probe_every: AtomicU64::new(0),
+            rounds: AtomicU64::new(0),
             drops: DropCounters::default(),
         };
         engine.apply_peers(peers);
@@ -473,11 +476,20 @@ impl Engine {
             0 => None,
             n => Some(Duration::from_nanos(n)),
         };
+        // Every peer rests between runs of its timers for as long as a probe period allows,
+        // at most REST_ROUNDS.
+        let rest = probe.map_or(REST_ROUNDS, |p| {
+            u64::try_from(p.as_nanos() / TICK.as_nanos())
+                .unwrap_or(u64::MAX)
+                .clamp(1, REST_ROUNDS)
+        });
         TickRound {
             peers: self.peers.load_full(),
             next: 0,
             now,
             probe,
+            round: self.rounds.fetch_add(1, Ordering::Relaxed),
+            rest,
         }
     }
 
@@ -513,6 +525,8 @@ pub struct TickRound {
     next: usize,
     now: Instant,
     probe: Option<Duration>,
+    round: u64,
+    rest: u64,
 }
 
 impl TickRound {
@@ -524,31 +538,56 @@ impl TickRound {
                 return false;
             }
             self.next += 1;
-            tick_peer(peer, tx, self.now, self.probe);
+            tick_peer(peer, tx, self);
         }
         true
     }
 }
 
-/// Ticks fall on a grid of this period; a probe due within half of it goes out now.
+/// The period [`Engine::tick`] expects to be called at; a probe due within half of it goes
+/// out now.
+pub const TICK: Duration = Duration::from_millis(250);
 const TICK_SLACK: Duration = Duration::from_millis(125);
+/// Rounds a resting peer's timers skip: a peer with a fresh session and nothing sent lately
+/// has nothing due that a second's delay would harm (keepalive after 10 s, rekey after 120 s),
+/// and touching every `Tunn` four times a second is most of an idle gateway's timer cost.
+const REST_ROUNDS: u64 = 4;
+/// A session this close to its rekey runs its timers every round.
+const REKEY_MARGIN: Duration = Duration::from_secs(10);
 
-/// One peer's timers: a handshake initiation when one was asked for, else boringtun's
+/// One peer's turn in a round: its traffic is sampled (liveness, the probe's clock), then,
+/// if its timers are due, a handshake initiation when one was asked for, else boringtun's
 /// timers, else a liveness probe when due; what they produce goes into `tx`, which has room
 /// for one datagram.
-fn tick_peer(peer: &Arc<Peer>, tx: &mut TxQueue, now: Instant, probe: Option<Duration>) {
-    let quiet = peer.sample_traffic(now);
+///
+/// A peer rests (its timers run every `round.rest` rounds, on the probe's period) while its
+/// session is fresh, nothing was sent to it since the last round and its timers had nothing
+/// to send. Anything else — traffic going out, a handshake pending, no session, a rekey near,
+/// a kick — runs them every round.
+fn tick_peer(peer: &Arc<Peer>, tx: &mut TxQueue, round: &TickRound) {
+    let now = round.now;
+    let sampled = peer.sample_traffic(now);
+    if !peer.timers_due(round.round) {
+        return;
+    }
     let mut tunn = peer.tunn.lock();
     let kick = peer.initiate.swap(false, Ordering::Relaxed) && peer.endpoint().is_some();
+    let mut rest = false;
+    let mut probed = false;
     let outcome = if kick {
         tunn.format_handshake_initiation(tx.slot(), false)
     } else {
         match tunn.update_timers(tx.slot()) {
             TunnResult::Done => {
-                let session = tunn.stats().0.is_some_and(|s| s < REJECT_AFTER_TIME);
-                let due = probe
-                    .is_some_and(|every| quiet.is_none_or(|q| q + TICK_SLACK >= every) && session);
+                let age = tunn.stats().0;
+                let session = age.is_some_and(|s| s < REJECT_AFTER_TIME);
+                rest =
+                    age.is_some_and(|s| s + REKEY_MARGIN < REKEY_AFTER_TIME) && !sampled.sent_since;
+                let due = round.probe.is_some_and(|every| {
+                    sampled.quiet.is_none_or(|q| q + TICK_SLACK >= every) && session
+                });
                 if due && peer.endpoint().is_some() {
+                    probed = true;
                     // An established session: this is a keepalive, never a handshake.
                     tunn.encapsulate(&[], tx.slot())
                 } else {
@@ -558,6 +597,27 @@ fn tick_peer(peer: &Arc<Peer>, tx: &mut TxQueue, now: Instant, probe: Option<Dur
             other => other,
         }
     };
+    let skip = if !rest {
+        1
+    } else {
+        // Wake for the next probe on time: a period after the last send.
+        let quiet = if probed {
+            Some(Duration::ZERO)
+        } else {
+            sampled.quiet
+        };
+        match (round.probe, quiet) {
+            (Some(every), Some(q)) => {
+                let left = every.saturating_sub(q + TICK_SLACK);
+                let rounds = left.as_nanos().div_ceil(TICK.as_nanos());
+                u64::try_from(rounds)
+                    .unwrap_or(u64::MAX)
+                    .clamp(1, round.rest)
+            }
+            _ => round.rest,
+        }
+    };
+    peer.timers_from(round.round + skip);
     let result = match outcome {
         TunnResult::WriteToNetwork(out) => Ok(out.len()),
         TunnResult::Err(WireGuardError::ConnectionExpired) => Err(true),

@@ -2,7 +2,7 @@
 //! move batches. TUN offloads (virtio-net header: GSO split on read, GRO on write) come from
 //! tun-rs; UDP GSO/GRO and recvmmsg from quinn-udp. Each has a switch in `[dataplane]`.
 
-use super::engine::Engine;
+use super::engine::{Engine, TICK};
 use super::queue::{RxQueue, TxQueue};
 use crate::config::DataplaneConfig;
 use std::io::{self, IoSliceMut};
@@ -19,7 +19,6 @@ const TUN_BATCH: usize = 128;
 const UDP_BATCH: usize = 16;
 /// One recvmmsg buffer: with UDP GRO the kernel coalesces up to 64 KiB into it.
 const UDP_BUF: usize = 65_536;
-const TICK: Duration = Duration::from_millis(250);
 
 /// The UDP side: one dual-stack socket (IPv4 peers are reached through mapped addresses).
 pub struct Udp {

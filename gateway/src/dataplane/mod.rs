@@ -27,9 +27,19 @@
 //!
 //! # Timers
 //!
-//! Every peer's timers run every tick however many peers there are: [`Engine::tick`] starts a
+//! Every peer gets its turn every tick however many peers there are: [`Engine::tick`] starts a
 //! [`TickRound`] that stops when the transmit queue is full and resumes after the shell has
-//! sent it.
+//! sent it. A turn samples the peer's traffic (for liveness, [`Engine::last_heard`]); its
+//! boringtun timers run every tick while it is busy and once per probe period (at most a
+//! second) while it rests: a fresh session, nothing sent. Ticks fall on the gateway's timer
+//! grid (`crate::clock`).
+//!
+//! # Liveness
+//!
+//! With [`Engine::set_liveness_probe`], a tick sends a keepalive to every peer with a session
+//! that nothing was sent to for a probe period. Both ends doing so, the last time a peer was
+//! heard tells whether it is alive; the control plane's health reads it. At idle that is one
+//! 32-byte datagram per peer and period each way, sent by one `tick` for all peers.
 
 pub mod drops;
 pub mod engine;

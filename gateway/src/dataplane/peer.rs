@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 /// A session older than this is dead (WireGuard paper §6.1, Reject-After-Time).
 pub const REJECT_AFTER_TIME: Duration = Duration::from_secs(180);
+/// Session age at which the initiator rekeys (§6.1, Rekey-After-Time).
+pub const REKEY_AFTER_TIME: Duration = Duration::from_secs(120);
 /// Handshake retries stop after this long without an answer (§6.4, Rekey-Attempt-Time).
 pub const REKEY_ATTEMPT_TIME: Duration = Duration::from_secs(90);
 /// A failed send marks the peer as failing for this long (unless a handshake clears it).
@@ -111,6 +113,17 @@ struct Traffic {
     tx_seen: u64,
     heard_at: Option<Instant>,
     sent_at: Option<Instant>,
+    /// The tick round from which boringtun's timers run again (see [`Peer::timers_due`]).
+    timers_from: u64,
+}
+
+/// What a tick saw of a peer's traffic.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Sampled {
+    /// How long nothing was sent to the peer (`None`: never).
+    pub quiet: Option<Duration>,
+    /// Something was sent to the peer since the last tick.
+    pub sent_since: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -268,8 +281,8 @@ impl Peer {
     }
 
     /// Notes, at tick time `now`, whether authenticated datagrams came from or went to this
-    /// peer since the last tick. Returns how long nothing was sent to it (`None`: never).
-    pub(super) fn sample_traffic(&self, now: Instant) -> Option<Duration> {
+    /// peer since the last tick.
+    pub(super) fn sample_traffic(&self, now: Instant) -> Sampled {
         let rx = self.stats.rx_wire_bytes.load(Ordering::Relaxed);
         let tx = self.stats.tx_wire_bytes.load(Ordering::Relaxed);
         let mut t = self.traffic.lock();
@@ -277,11 +290,26 @@ impl Peer {
             t.rx_seen = rx;
             t.heard_at = Some(now);
         }
-        if tx != t.tx_seen {
+        let sent_since = tx != t.tx_seen;
+        if sent_since {
             t.tx_seen = tx;
             t.sent_at = Some(now);
         }
-        t.sent_at.map(|at| now.saturating_duration_since(at))
+        Sampled {
+            quiet: t.sent_at.map(|at| now.saturating_duration_since(at)),
+            sent_since,
+        }
+    }
+
+    /// Whether boringtun's timers run in tick round `round`: every round while the peer is
+    /// busy, every few rounds while it rests (see `tick_peer`).
+    pub(super) fn timers_due(&self, round: u64) -> bool {
+        round >= self.traffic.lock().timers_from || self.initiate.load(Ordering::Relaxed)
+    }
+
+    /// The timers next run in round `round`.
+    pub(super) fn timers_from(&self, round: u64) {
+        self.traffic.lock().timers_from = round;
     }
 
     /// When the last authenticated datagram from this peer was seen (at tick resolution):

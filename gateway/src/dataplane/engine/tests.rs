@@ -507,3 +507,121 @@ fn a_full_queue_defers_a_peer_instead_of_losing_its_turn() {
     assert!(round.run(&mut tx));
     assert_eq!(datagrams(&tx).len(), 1, "and then gets its initiation");
 }
+
+/// One tick round at `now` for a side, returning what it sent.
+fn tick_at(side: &mut Side, now: Instant) -> Vec<(SocketAddr, Vec<u8>)> {
+    let mut round = side.engine.tick(now);
+    let mut sent = Vec::new();
+    loop {
+        let done = round.run(&mut side.tx);
+        sent.extend(datagrams(&side.tx));
+        side.tx.clear();
+        if done {
+            return sent;
+        }
+    }
+}
+
+#[test]
+fn a_quiet_peer_gets_a_probe_every_period_and_is_heard() {
+    let (mut a, mut b) = pair();
+    handshake(&mut a, &mut b);
+    for side in [&a, &b] {
+        peer_of(side).initiate.store(false, Ordering::Relaxed);
+    }
+    a.engine.set_liveness_probe(Some(Duration::from_secs(1)));
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    // The handshake was just sent: nothing is due for a period.
+    let mut probes = Vec::new();
+    for ms in (0..=4000).step_by(250) {
+        for (dest, g) in tick_at(&mut a, at(ms)) {
+            assert_eq!(dest, b.addr);
+            assert_eq!(
+                (g[0], g.len()),
+                (4, 32),
+                "a keepalive: an empty data packet"
+            );
+            probes.push(ms);
+        }
+    }
+    assert_eq!(
+        probes,
+        vec![1000, 2000, 3000, 4000],
+        "one per period, on the grid"
+    );
+
+    // The peer hears it: at the tick after it arrived.
+    let inner_a: IpAddr = "10.1.1.2".parse().unwrap();
+    assert_eq!(
+        b.engine.last_heard(inner_a),
+        None,
+        "not before a tick sampled it"
+    );
+    tick_at(&mut b, at(4000));
+    let heard = b.engine.last_heard(inner_a);
+    for ms in [4250, 4500, 4750] {
+        assert!(tick_at(&mut a, at(ms)).is_empty());
+    }
+    let before = tick_at(&mut a, at(5000));
+    assert_eq!(before.len(), 1);
+    a.tx.push(before[0].0, &before[0].1, None);
+    deliver(&mut a, &mut b);
+    assert_eq!(
+        b.engine.last_heard(inner_a),
+        heard,
+        "sampled at ticks, not on the packet path"
+    );
+    tick_at(&mut b, at(5250));
+    assert_eq!(b.engine.last_heard(inner_a), Some(at(5250)));
+    assert_eq!(
+        b.engine.last_heard("10.9.9.9".parse().unwrap()),
+        None,
+        "no such peer"
+    );
+
+    // Traffic going out makes probes unnecessary.
+    for ms in (5250..=7000).step_by(250) {
+        encap(
+            &a.engine,
+            &ipv4([10, 1, 1, 2], [10, 2, 1, 2], 10),
+            &mut a.tx,
+        );
+        a.tx.clear();
+        assert!(tick_at(&mut a, at(ms)).is_empty(), "no probe at {ms} ms");
+    }
+    // Without a probe period, a quiet peer hears nothing but boringtun's own timers.
+    b.engine.set_liveness_probe(None);
+    for ms in (7000..=10_000).step_by(250) {
+        assert!(tick_at(&mut b, at(ms)).is_empty());
+    }
+}
+
+#[test]
+fn a_resting_peer_runs_its_timers_once_a_period_and_a_kick_wakes_it() {
+    let (mut a, mut b) = pair();
+    handshake(&mut a, &mut b);
+    let peer = peer_of(&a);
+    peer.initiate.store(false, Ordering::Relaxed);
+    a.engine.set_liveness_probe(Some(Duration::from_secs(1)));
+    let t0 = Instant::now();
+    let round = |side: &mut Side, ms: u64| tick_at(side, t0 + Duration::from_millis(ms));
+    round(&mut a, 0);
+    round(&mut a, 250);
+    // Nothing sent since the last round and a fresh session: the timers rest until the next
+    // probe is due, a period after the last send (at 0 ms): the round at 1000 ms.
+    let rounds_now = a.engine.rounds.load(Ordering::Relaxed);
+    assert!(!peer.timers_due(rounds_now));
+    assert!(!peer.timers_due(rounds_now + 1));
+    assert!(peer.timers_due(rounds_now + 2));
+    // A kick (a restarted peer, a key rotation) is not kept waiting.
+    peer.initiate.store(true, Ordering::Relaxed);
+    assert!(peer.timers_due(rounds_now));
+    let sent = round(&mut a, 500);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        (sent[0].1[0], sent[0].1.len()),
+        (1, 148),
+        "a handshake initiation"
+    );
+}
