@@ -236,11 +236,15 @@ impl MergedCatalog {
         msg.check()
             .map_err(|bad| Refused::Invalid(bad.violation()))?;
         match msg {
-            SyncMessage::Hello(hello) => Ok(if hello.have == Some(self.local.watermark()) {
-                Applied::Unchanged(Unchanged::Current)
-            } else {
-                Applied::Reply(Box::new(self.snapshot()))
-            }),
+            // A peer that is current gets a heartbeat, which tells it so at once (heartbeats
+            // may be far apart); any other a snapshot.
+            SyncMessage::Hello(hello) => Ok(Applied::Reply(Box::new(
+                if hello.have == Some(self.local.watermark()) {
+                    self.heartbeat()
+                } else {
+                    self.snapshot()
+                },
+            ))),
             SyncMessage::SnapshotRequest => Ok(Applied::Reply(Box::new(self.snapshot()))),
             SyncMessage::Snapshot(state) => Ok(self.apply_snapshot(state)),
             SyncMessage::Delta(delta) => self.apply_delta(delta),

@@ -2,10 +2,12 @@
 //!
 //! Each side of a session, once connected:
 //! 1. sends [`Hello`] with its own watermark and `have`, the watermark it holds of the peer;
-//! 2. answers the peer's Hello with a [`SyncMessage::Snapshot`] of its own origin unless the
-//!    peer's `have` is already current ([`crate::MergedCatalog::apply`] builds that reply);
+//! 2. answers the peer's Hello with a [`SyncMessage::Snapshot`] of its own origin, or with a
+//!    [`SyncMessage::Heartbeat`] when the peer's `have` is already current
+//!    ([`crate::MergedCatalog::apply`] builds that reply);
 //! 3. sends a [`SyncMessage::Delta`] for every local change, and a [`SyncMessage::Heartbeat`]
-//!    when it has sent nothing for a while (a third of `down_after` is a good period);
+//!    when it has sent nothing for a while (a third of `down_after` where heartbeats are the
+//!    only sign of life; much rarer where something else tells liveness);
 //! 4. answers [`SyncMessage::SnapshotRequest`] (sent by the peer on a gap) with a snapshot;
 //! 5. sends [`SyncMessage::Bye`] before closing on purpose, so the peer fails over at once.
 //!

@@ -270,9 +270,14 @@ fn hello_gets_a_snapshot_unless_the_peer_is_current() {
     };
     assert_eq!(reply.kind(), "snapshot");
     assert_eq!(updated(b.apply(&alpha, reply, now)), ["shop/api"]);
-    // Reconnecting with nothing new: no snapshot.
+    // Reconnecting with nothing new: no snapshot, but a heartbeat that tells b it is current.
+    let reply = match a.apply(&beta, b.hello(&alpha), now).unwrap() {
+        Applied::Reply(m) => *m,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(reply.kind(), "heartbeat");
     assert_eq!(
-        a.apply(&beta, b.hello(&alpha), now),
+        b.apply(&alpha, reply, now),
         Ok(Applied::Unchanged(Unchanged::Current))
     );
     // A snapshot request is always answered.

@@ -2,7 +2,7 @@
 //! and the operator interfaces, reloads peers on SIGHUP and removes everything on SIGTERM/SIGINT.
 
 use crate::admin::proto::{InterfaceStatus, PeerInfo, PeerState, ReloadReport};
-use crate::admin::AdminSource;
+use crate::admin::{AdminSource, ReloadError};
 use crate::config::Config;
 use crate::dataplane::io::{self, Udp};
 use crate::dataplane::Engine;
@@ -43,7 +43,7 @@ pub struct DaemonState {
     routes_dirty: tokio::sync::Notify,
 }
 
-type ReloadReply = tokio::sync::oneshot::Sender<Result<ReloadReport, String>>;
+type ReloadReply = tokio::sync::oneshot::Sender<Result<ReloadReport, ReloadError>>;
 
 /// How long a rotation waits for peers to learn the new key before switching anyway.
 const ROTATION_SWITCH_DEADLINE: Duration = Duration::from_secs(10);
@@ -112,16 +112,15 @@ impl AdminSource for DaemonState {
         self.engine.private_key().to_hex()
     }
 
-    fn reload(&self) -> futures::future::BoxFuture<'static, Result<ReloadReport, String>> {
+    fn reload(&self) -> futures::future::BoxFuture<'static, Result<ReloadReport, ReloadError>> {
         let reloads = self.reloads.clone();
         Box::pin(async move {
             let (tx, rx) = tokio::sync::oneshot::channel();
             reloads
                 .send(tx)
                 .await
-                .map_err(|_| "the daemon is shutting down".to_string())?;
-            rx.await
-                .map_err(|_| "the daemon is shutting down".to_string())?
+                .map_err(|_| ReloadError::ShuttingDown)?;
+            rx.await.map_err(|_| ReloadError::ShuttingDown)?
         })
     }
 }
@@ -377,15 +376,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let expiry = {
         let state = state.clone();
         tokio::spawn(async move {
-            // Grace periods, SVIDs and member records lapse on a scale of seconds: once a
-            // second on the timer grid, every step while a rotated key waits to be switched.
+            // At the mesh's next deadline (a grace period, an SVID, a member record), at
+            // least once a second on the timer grid, and every step while a rotated key
+            // waits to be switched.
             loop {
+                let now = Instant::now();
                 let step = if state.pending_key.lock().is_some() {
                     Duration::from_millis(250)
                 } else {
                     Duration::from_secs(1)
                 };
-                let next = crate::clock::next_after(step, std::time::Instant::now());
+                let mut next = crate::clock::next_after(step, now);
+                if let Some(due) = state.mesh.lock().poll_timeout() {
+                    let wait = due.duration_since(SystemTime::now()).unwrap_or_default();
+                    // Never a busy loop, whatever a deadline says.
+                    next = next.min(now + wait.max(Duration::from_millis(50)));
+                }
                 tokio::time::sleep_until(next.into()).await;
                 state.expire();
             }
@@ -618,15 +624,13 @@ async fn reload(
     nl: &impl LinkControl,
     index: u32,
     routes: &mut BTreeSet<IpNet>,
-) -> Result<ReloadReport, String> {
+) -> Result<ReloadReport, ReloadError> {
     let path = state.config.read().source.clone();
     let new = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "reload refused; the running configuration is unchanged");
-            return Err(format!(
-                "reload refused; the running configuration is unchanged: {e}"
-            ));
+            return Err(ReloadError::Config(e));
         }
     };
     let mut restart_needed = Vec::new();

@@ -31,7 +31,20 @@ pub trait AdminSource: Send + Sync + 'static {
     fn control(&self) -> Option<ControlStatus> {
         None
     }
-    fn reload(&self) -> futures::future::BoxFuture<'static, Result<ReloadReport, String>> {
-        Box::pin(async { Err("this daemon cannot reload".to_string()) })
+    fn reload(&self) -> futures::future::BoxFuture<'static, Result<ReloadReport, ReloadError>> {
+        Box::pin(async { Err(ReloadError::Unsupported) })
     }
+}
+
+/// Why a reload (`tunctl reload`, SIGHUP) applied nothing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReloadError {
+    /// The file does not load; the running configuration is kept whole.
+    #[error("reload refused; the running configuration is unchanged: {0}")]
+    Config(#[source] crate::config::ConfigError),
+    #[error("the daemon is shutting down")]
+    ShuttingDown,
+    #[error("this daemon cannot reload")]
+    Unsupported,
 }

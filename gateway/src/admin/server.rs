@@ -125,7 +125,7 @@ pub async fn respond(line: &[u8], source: &dyn AdminSource) -> Response {
         },
         Request::Reload => match source.reload().await {
             Ok(report) => response.reload = Some(report),
-            Err(error) => return error_response(error),
+            Err(error) => return error_response(error.to_string()),
         },
     }
     response

@@ -189,12 +189,11 @@ impl Shared {
     }
 
     /// Replaces the local exports and sends the delta to every session.
-    fn set_exports(&self, exports: Vec<isthmus_catalog::ServiceExport>) -> Result<(), String> {
-        let delta = self
-            .catalog
-            .lock()
-            .set_exports(exports)
-            .map_err(|e| e.to_string())?;
+    fn set_exports(
+        &self,
+        exports: Vec<isthmus_catalog::ServiceExport>,
+    ) -> Result<(), isthmus_catalog::Error> {
+        let delta = self.catalog.lock().set_exports(exports)?;
         if let Some(delta) = delta {
             tracing::info!(watermark = %self.catalog.lock().local().watermark(), "local exports changed");
             // No receiver (no session) is fine: sessions start with a snapshot.
@@ -535,12 +534,12 @@ const STALL: Duration = Duration::from_millis(300);
 /// The period of the liveness probes the tunnel sends each peer (when nothing else went to it):
 /// three per `down_after`, so one lost or late probe does not mark a cluster down.
 pub fn liveness_probe(health: &isthmus_catalog::HealthConfig) -> Duration {
-    (health.down_after / 3).max(HEALTH_STEP)
+    (health.down_after / 3).max(MIN_PROBE)
 }
 
-/// The health check's deadlines fall on this grid (the gateway's timer grid, `crate::clock`).
-const HEALTH_STEP: Duration = Duration::from_millis(250);
-/// The health check runs at least this often.
+/// The shortest probe period: the data plane's timer tick (its `TICK`).
+const MIN_PROBE: Duration = Duration::from_millis(250);
+/// The health check runs at least this often (and at least every `down_after / 2`).
 const HEALTH_IDLE: Duration = Duration::from_secs(1);
 
 /// Runs the catalog's health timers: feeds it what the tunnel heard from each peer, then
@@ -548,19 +547,17 @@ const HEALTH_IDLE: Duration = Duration::from_secs(1);
 /// it reads the catalog per query with the current time.
 async fn health_loop(shared: Arc<Shared>) {
     let mut tunnel = TunnelSeen::default();
+    let idle_step = HEALTH_IDLE.min(shared.catalog.lock().config().down_after / 2);
     loop {
         let wake = shared.catalog.lock().poll_timeout();
         let now = Instant::now();
-        // On the grid the data plane's tick and the other timers use, so one wake-up serves
-        // them all: a health deadline waits for the next grid point, and with nothing due the
-        // check runs once a second. What the tunnel heard is fed in before every decision,
-        // so feeding it late never marks a cluster down.
-        let idle = crate::clock::next_after(HEALTH_IDLE, now);
-        let until = match wake {
-            Some(due) if due <= now => due,
-            Some(due) => crate::clock::on_grid(crate::clock::epoch(), HEALTH_STEP, due).min(idle),
-            None => idle,
-        };
+        // A deadline (a cluster going down, a hold-down ending) is met on time; with none
+        // near, the check runs every `idle_step` on a grid of the wall clock, where the data
+        // plane's tick and the other timers wake too. What the tunnel heard is fed in before
+        // every decision, at most `idle_step` (≤ down_after/2) after the previous feed: with
+        // probes every down_after/3, a live peer's fed times are never down_after apart.
+        let idle = crate::clock::next_after(idle_step, now);
+        let until = wake.map_or(idle, |due| due.min(idle));
         tokio::time::sleep_until(until.into()).await;
         let now = Instant::now();
         let late = now.saturating_duration_since(until);

@@ -77,12 +77,17 @@ pub fn heartbeat_every(health: &HealthConfig, tunnel_liveness: bool) -> Duration
 /// The heartbeat period of a session whose peer's liveness the tunnel tells.
 const QUIET_HEARTBEAT: Duration = Duration::from_secs(30);
 
-/// A session ends after this much silence: four times `down_after` and three heartbeats, at
-/// least 10 s.
+/// A peer this long silent is gone and its session ends: four times `down_after`, at least
+/// 10 s. Silent means: its tunnel, where the tunnel tells liveness (see
+/// [`SessionCore::with_tunnel`]); else the session.
+pub fn silent_after(health: &HealthConfig) -> Duration {
+    (health.down_after * 4).max(Duration::from_secs(10))
+}
+
+/// A session ends after this much silence of its own: [`silent_after`], and at least three
+/// heartbeats (a peer whose tunnel answers but whose sync session says nothing is stuck).
 pub fn idle_after(health: &HealthConfig, heartbeat_every: Duration) -> Duration {
-    (health.down_after * 4)
-        .max(heartbeat_every * 3)
-        .max(Duration::from_secs(10))
+    silent_after(health).max(heartbeat_every * 3)
 }
 
 #[derive(Debug)]
@@ -95,6 +100,9 @@ pub struct SessionCore {
     /// Heartbeats fall on `epoch + k·step` (see [`SessionCore::aligned_to`]).
     grid: Option<(Instant, Duration)>,
     idle_after: Duration,
+    /// With tunnel liveness: how long the tunnel may be silent, and when it was last heard
+    /// (or the session opened).
+    tunnel: Option<(Duration, Instant)>,
     synced: bool,
 }
 
@@ -118,8 +126,34 @@ impl SessionCore {
             // much longer, so a peer that is slow (a busy machine) but alive keeps its
             // session and needs no resync when it answers.
             idle_after: idle_after(health, heartbeat_every),
+            tunnel: None,
             synced: false,
         }
+    }
+
+    /// The session also ends when the peer's tunnel was silent for [`silent_after`] (fed by
+    /// [`SessionCore::on_tunnel_heard`]): a partitioned or dead peer loses its session as
+    /// soon as without tunnel liveness, though heartbeats are rare.
+    pub fn with_tunnel(mut self, health: &HealthConfig) -> Self {
+        self.tunnel = Some((silent_after(health), self.last_heard));
+        self
+    }
+
+    /// The peer's tunnel delivered a datagram at `at`.
+    pub fn on_tunnel_heard(&mut self, at: Instant) {
+        if let Some((_, heard)) = &mut self.tunnel {
+            *heard = (*heard).max(at);
+        }
+    }
+
+    /// When the tunnel's silence ends the session, on the heartbeat grid (one wake-up for all).
+    fn tunnel_deadline(&self) -> Option<Instant> {
+        let (limit, heard) = self.tunnel?;
+        let due = heard + limit;
+        Some(match self.grid {
+            Some((epoch, step)) => crate::clock::on_grid(epoch, step, due),
+            None => due,
+        })
     }
 
     /// Heartbeats of every session made with the same `epoch` fall on one grid (a quarter of
@@ -143,9 +177,15 @@ impl SessionCore {
         }
     }
 
-    /// How long a write may block, or the peer stay silent, before the session is closed.
+    /// How long the session's own side may stay silent before it is closed.
     pub fn idle_after(&self) -> Duration {
         self.idle_after
+    }
+
+    /// How long a write may block before the session is closed: as long as a peer may be
+    /// silent (a slow peer keeps its session; one that takes nothing is gone).
+    pub fn write_timeout(&self) -> Duration {
+        self.tunnel.map_or(self.idle_after, |(limit, _)| limit)
     }
 
     pub fn peer(&self) -> &ClusterName {
@@ -208,7 +248,8 @@ impl SessionCore {
 
     /// When [`handle_timeout`](Self::handle_timeout) has something to do.
     pub fn poll_timeout(&self) -> Instant {
-        self.heartbeat_due().min(self.last_heard + self.idle_after)
+        let own = self.heartbeat_due().min(self.last_heard + self.idle_after);
+        self.tunnel_deadline().map_or(own, |t| own.min(t))
     }
 
     /// A heartbeat to send if nothing was sent for a while; [`Close::Idle`] if the peer is
@@ -218,7 +259,9 @@ impl SessionCore {
         catalog: &MergedCatalog,
         now: Instant,
     ) -> Result<Option<SyncMessage>, Close> {
-        if now >= self.last_heard + self.idle_after {
+        if now >= self.last_heard + self.idle_after
+            || self.tunnel_deadline().is_some_and(|t| now >= t)
+        {
             return Err(Close::Idle);
         }
         if now >= self.heartbeat_due() {
@@ -418,8 +461,15 @@ mod tests {
         let health = HealthConfig::default();
         let every = heartbeat_every(&health, true);
         assert_eq!(every, Duration::from_secs(30));
-        let mut s = SessionCore::new(ClusterName::new("c2").unwrap(), &health, every, now);
+        let mut s = SessionCore::new(ClusterName::new("c2").unwrap(), &health, every, now)
+            .with_tunnel(&health);
         assert_eq!(s.idle_after(), Duration::from_secs(90));
+        assert_eq!(s.write_timeout(), Duration::from_secs(12));
+        // The tunnel keeps hearing the peer: the quiet session lives on.
+        let secs = |n: u64| now + Duration::from_secs(n);
+        for t in 1..=29 {
+            s.on_tunnel_heard(secs(t));
+        }
         assert_eq!(
             s.handle_timeout(&c1, now + Duration::from_millis(29_999)),
             Ok(None)
@@ -428,10 +478,21 @@ mod tests {
             s.handle_timeout(&c1, now + Duration::from_secs(30)),
             Ok(Some(SyncMessage::Heartbeat(_)))
         ));
+        for t in 30..=89 {
+            s.on_tunnel_heard(secs(t));
+        }
         assert_eq!(
             s.handle_timeout(&c1, now + Duration::from_secs(90)),
-            Err(Close::Idle)
+            Err(Close::Idle),
+            "a session silent itself for 3 heartbeats is stuck, whatever the tunnel says"
         );
+        // A tunnel silent for 4 × down_after (12 s) ends the session, heartbeats or not.
+        let mut p = SessionCore::new(ClusterName::new("c2").unwrap(), &health, every, now)
+            .with_tunnel(&health);
+        p.on_tunnel_heard(secs(5));
+        assert_eq!(p.poll_timeout(), secs(17));
+        assert_eq!(p.handle_timeout(&c1, secs(16)), Ok(None));
+        assert_eq!(p.handle_timeout(&c1, secs(17)), Err(Close::Idle));
         // A long down_after keeps its own, slower pace.
         let slow = HealthConfig {
             down_after: Duration::from_secs(120),

@@ -167,7 +167,7 @@ async fn send(
     };
     // A peer that takes no data for as long as a silent one would be given is gone; a slow
     // one keeps its session.
-    match tokio::time::timeout(core.idle_after(), wr.write_all(&frame)).await {
+    match tokio::time::timeout(core.write_timeout(), wr.write_all(&frame)).await {
         Ok(Ok(())) => {
             core.on_sent(Instant::now());
             Ok(())
@@ -188,6 +188,9 @@ async fn run(shared: &Arc<Shared>, stream: TcpStream, peer: &MeshPeer, id: u64) 
         let every = super::session::heartbeat_every(health, shared.liveness.is_some());
         let mut core = SessionCore::new(peer.cluster.clone(), health, every, Instant::now())
             .aligned_to(shared.beat_epoch);
+        if shared.liveness.is_some() {
+            core = core.with_tunnel(health);
+        }
         let hello = core.open(&catalog);
         (core, hello)
     };
@@ -254,6 +257,9 @@ async fn run(shared: &Arc<Shared>, stream: TcpStream, peer: &MeshPeer, id: u64) 
                 }
             }
             _ = tokio::time::sleep_until(wake.into()) => {
+                if let Some(at) = shared.liveness.as_ref().and_then(|l| l.last_heard(peer.addr)) {
+                    core.on_tunnel_heard(at);
+                }
                 let due = {
                     let catalog = shared.catalog.lock();
                     core.handle_timeout(&catalog, Instant::now())

@@ -5,7 +5,7 @@ use super::DaemonState;
 use crate::config::{Expected, IdentityConfig};
 use crate::identity::{
     join_connect, join_listen, JoinRateLimiter, JoinServerHandle, JoinedPeer, PeerVerifier,
-    Presenting, RateLimitConfig, VerifiedPeer,
+    Presenting, RateLimitConfig, VerifiedPeer, VerifyError,
 };
 use crate::keys::PrivateKey;
 use crate::mesh::joined::{PkiVerifier, SlotId};
@@ -31,7 +31,7 @@ impl PeerVerifier for LiveVerifier {
         remote_static: &[u8; 32],
         expected: Option<&str>,
         now: SystemTime,
-    ) -> Result<VerifiedPeer, String> {
+    ) -> Result<VerifiedPeer, VerifyError> {
         self.inner
             .read()
             .verify(chain, remote_static, expected, now)

@@ -160,8 +160,8 @@ impl Engine {
         self.probe_every.store(nanos, Ordering::Relaxed);
     }
 
-    /// When the peer routing `addr` (e.g. a peer's mesh address) was last heard from: any
-    /// authenticated datagram, seen at tick resolution.
+    /// When the peer routing `addr` (e.g. a peer's mesh address) was last heard from: the
+    /// receive time of its latest authenticated datagram.
     pub fn last_heard(&self, addr: IpAddr) -> Option<Instant> {
         self.peers.load().route(addr)?.last_heard()
     }
@@ -303,11 +303,13 @@ impl Engine {
         }
     }
 
-    /// Handles one datagram from `src`: decrypted packets go to `rx`, replies to `tx`.
+    /// Handles one datagram from `src` received at `now`: decrypted packets go to `rx`,
+    /// replies to `tx`. `now` only dates the peer's liveness ([`Engine::last_heard`]).
     pub fn decapsulate(
         &self,
         src: SocketAddr,
         datagram: &[u8],
+        now: Instant,
         rx: &mut RxQueue,
         tx: &mut TxQueue,
     ) {
@@ -385,15 +387,17 @@ impl Engine {
                 }
             },
         };
-        self.decapsulate_for(peer, &peers, src, datagram, rx, tx);
+        self.decapsulate_for(peer, &peers, src, datagram, now, rx, tx);
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn decapsulate_for(
         &self,
         peer: &Arc<Peer>,
         peers: &PeerSet,
         src: SocketAddr,
         datagram: &[u8],
+        now: Instant,
         rx: &mut RxQueue,
         tx: &mut TxQueue,
     ) {
@@ -424,8 +428,9 @@ impl Engine {
                 TunnResult::WriteToTunnelV6(out, ip) => Out::Tun(out.len(), IpAddr::V6(ip)),
             }
         };
-        // Authenticated: the datagram's source is where this peer now is.
+        // Authenticated: the datagram's source is where this peer now is, and it is alive.
         peer.set_endpoint(src);
+        peer.heard(now);
         peer.stats
             .rx_wire_bytes
             .fetch_add(datagram.len() as u64, Ordering::Relaxed);

@@ -282,6 +282,8 @@ async fn udp_to_tun(
                 continue;
             }
         };
+        // One clock read per batch: when its peers were last heard.
+        let now = Instant::now();
         for (m, buf) in meta.iter().zip(&storage).take(count) {
             let src = canonical(m.addr);
             if m.len == 0 {
@@ -291,7 +293,7 @@ async fn udp_to_tun(
             }
             let stride = m.stride.max(1);
             for datagram in buf[..m.len].chunks(stride) {
-                engine.decapsulate(src, datagram, &mut rx, &mut tx);
+                engine.decapsulate(src, datagram, now, &mut rx, &mut tx);
                 if rx.is_full() {
                     flush_tun(&engine, &tun, &mut rx, &mut gro).await;
                 }

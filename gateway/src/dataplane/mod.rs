@@ -16,7 +16,8 @@
 //!
 //! boringtun 0.7's `Tunn` takes no clock: it reads `Instant::now()` itself for its session
 //! timers and its rate limiter. [`Engine::encapsulate`] and [`Engine::decapsulate`] decide
-//! nothing by time beyond what `Tunn` decides on that clock, so they take no `now`; the `now`
+//! nothing by time beyond what `Tunn` decides on that clock; `decapsulate` takes the batch's
+//! receive time only to date the sender's liveness ([`Engine::last_heard`]). The `now`
 //! given to [`Engine::tick`] is read right before the tick (not the timer's deadline), so the
 //! handshake times the engine derives from `Tunn`'s session ages line up with `Tunn`'s clock.
 //! Tests cannot run the engine on a virtual clock for the same reason.
@@ -29,7 +30,7 @@
 //!
 //! Every peer gets its turn every tick however many peers there are: [`Engine::tick`] starts a
 //! [`TickRound`] that stops when the transmit queue is full and resumes after the shell has
-//! sent it. A turn samples the peer's traffic (for liveness, [`Engine::last_heard`]); its
+//! sent it. A turn samples what was sent to the peer (the liveness probe's clock); its
 //! boringtun timers run every tick while it is busy and once per probe period (at most a
 //! second) while it rests: a fresh session, nothing sent. Ticks fall on the gateway's timer
 //! grid (`crate::clock`).
@@ -37,8 +38,9 @@
 //! # Liveness
 //!
 //! With [`Engine::set_liveness_probe`], a tick sends a keepalive to every peer with a session
-//! that nothing was sent to for a probe period. Both ends doing so, the last time a peer was
-//! heard tells whether it is alive; the control plane's health reads it. At idle that is one
+//! that nothing was sent to for a probe period. Both ends doing so, the receive time of a
+//! peer's latest authenticated datagram tells whether it is alive; the control plane's health
+//! reads it. At idle that is one
 //! 32-byte datagram per peer and period each way, sent by one `tick` for all peers.
 
 pub mod drops;

@@ -102,16 +102,14 @@ struct Health {
     last_send_error: Option<(Instant, String)>,
 }
 
-/// What the timer ticks saw of a peer's traffic, for liveness (see [`Engine::tick`]): the
-/// wire byte counters at the last tick and when each last moved. Sampled at ticks, so the
-/// packet path pays nothing for it and the times are at most one tick late.
+/// What the timer ticks saw of what went to a peer, for the liveness probe (see
+/// [`Engine::tick`]): the wire byte counter at the last tick and when it last moved. Sampled
+/// at ticks, so the sending path pays nothing for it; the time is at most one tick late.
 ///
 /// [`Engine::tick`]: super::Engine::tick
 #[derive(Debug, Default)]
 struct Traffic {
-    rx_seen: u64,
     tx_seen: u64,
-    heard_at: Option<Instant>,
     sent_at: Option<Instant>,
     /// The tick round from which boringtun's timers run again (see [`Peer::timers_due`]).
     timers_from: u64,
@@ -146,6 +144,9 @@ pub struct Peer {
     pub drops: DropCounters,
     health: Mutex<Health>,
     traffic: Mutex<Traffic>,
+    /// When the latest authenticated datagram came, as nanoseconds after `created` (0: never).
+    heard: AtomicU64,
+    created: Instant,
     /// Start a handshake at the next timer tick instead of waiting for traffic, so a restarted
     /// gateway is reachable again at once (its peers' old sessions died with its state).
     pub(super) initiate: AtomicBool,
@@ -181,6 +182,8 @@ impl Peer {
             drops: DropCounters::default(),
             health: Mutex::new(Health::default()),
             traffic: Mutex::new(Traffic::default()),
+            heard: AtomicU64::new(0),
+            created: Instant::now(),
             initiate: AtomicBool::new(config.endpoint.is_some()),
             retiring: AtomicBool::new(false),
         }
@@ -280,16 +283,10 @@ impl Peer {
         }
     }
 
-    /// Notes, at tick time `now`, whether authenticated datagrams came from or went to this
-    /// peer since the last tick.
+    /// Notes, at tick time `now`, whether datagrams went to this peer since the last tick.
     pub(super) fn sample_traffic(&self, now: Instant) -> Sampled {
-        let rx = self.stats.rx_wire_bytes.load(Ordering::Relaxed);
         let tx = self.stats.tx_wire_bytes.load(Ordering::Relaxed);
         let mut t = self.traffic.lock();
-        if rx != t.rx_seen {
-            t.rx_seen = rx;
-            t.heard_at = Some(now);
-        }
         let sent_since = tx != t.tx_seen;
         if sent_since {
             t.tx_seen = tx;
@@ -312,10 +309,20 @@ impl Peer {
         self.traffic.lock().timers_from = round;
     }
 
-    /// When the last authenticated datagram from this peer was seen (at tick resolution):
-    /// a data packet, a keepalive or a handshake message.
+    /// An authenticated datagram from this peer arrived at `now`.
+    pub(super) fn heard(&self, now: Instant) {
+        let nanos = now.saturating_duration_since(self.created).as_nanos();
+        let nanos = u64::try_from(nanos).unwrap_or(u64::MAX).max(1);
+        self.heard.fetch_max(nanos, Ordering::Relaxed);
+    }
+
+    /// When the last authenticated datagram from this peer arrived: a data packet, a
+    /// keepalive or a handshake message.
     pub fn last_heard(&self) -> Option<Instant> {
-        self.traffic.lock().heard_at
+        match self.heard.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(self.created + Duration::from_nanos(n)),
+        }
     }
 
     /// Where this peer's session stands at `now`.

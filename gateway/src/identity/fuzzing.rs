@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use super::join::Responder;
 use super::wire::{Answer, FrameDecoder, JoinRequest, Verdict};
-use super::{PeerVerifier, VerifiedPeer};
+use super::{PeerVerifier, VerifiedPeer, VerifyError};
 use crate::keys::PrivateKey;
 
 struct AcceptAll;
@@ -18,9 +18,9 @@ impl PeerVerifier for AcceptAll {
         _remote_static: &[u8; 32],
         _expected: Option<&str>,
         _now: SystemTime,
-    ) -> Result<VerifiedPeer, String> {
+    ) -> Result<VerifiedPeer, VerifyError> {
         Ok(VerifiedPeer {
-            id: "spiffe://fuzz.test/edge/any".into(),
+            id: isthmus_pki::SpiffeId::new("spiffe://fuzz.test/edge/any").expect("constant ID"),
             not_after: SystemTime::UNIX_EPOCH + Duration::from_secs(4_000_000_000),
         })
     }

@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use super::wire::{self, Answer, JoinHello, JoinRequest, Verdict, WireError};
 use super::{JoinError, PeerVerifier, VerifiedPeer, JOIN_TIMEOUT};
 use crate::keys::PrivateKey;
+use isthmus_pki::SpiffeId;
 
 /// The Noise protocol name (Noise spec §8).
 pub const NOISE_PARAMS: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
@@ -30,7 +31,7 @@ pub enum Step {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Joined {
     /// The peer's SPIFFE ID, as the verifier read it from the chain.
-    pub peer_id: String,
+    pub peer_id: SpiffeId,
     /// When the peer's SVID (chain) stops being valid.
     pub not_after: SystemTime,
     /// The peer's Noise static key, which is its WireGuard static public key.
@@ -344,7 +345,8 @@ impl Initiator {
                         });
                         Ok(Step::Continue)
                     }
-                    Err(rule) => {
+                    Err(refused) => {
+                        let rule = refused.to_string();
                         self.core.refuse_in_handshake(rule.clone())?;
                         Err(JoinError::VerificationFailed { rule })
                     }
@@ -492,7 +494,8 @@ impl Responder {
                         });
                         Ok(Step::Continue)
                     }
-                    Err(rule) => {
+                    Err(refused) => {
+                        let rule = refused.to_string();
                         self.core.send_verdict(&Verdict::Refuse {
                             reason: rule.clone(),
                         })?;

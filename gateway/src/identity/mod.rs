@@ -53,6 +53,7 @@ pub mod wire;
 #[cfg(test)]
 mod tests;
 
+use isthmus_pki::SpiffeId;
 use std::time::{Duration, SystemTime};
 
 pub use join::{Initiator, Joined, Responder, Step};
@@ -89,21 +90,47 @@ pub trait PeerVerifier: Send + Sync {
     /// Verifies `chain` (DER, leaf first) at `now`, checks that `remote_static` (the key the
     /// peer proved in the Noise handshake) is the WireGuard key bound into its SVID, and when
     /// `expected` is given, that the SVID names that SPIFFE ID. Returns the peer's SPIFFE ID and
-    /// SVID expiry, or the rule the chain broke (sent to the peer as the refusal reason).
+    /// SVID expiry, or the rule the chain broke (its text is sent to the peer as the refusal
+    /// reason).
     fn verify(
         &self,
         chain: &[Vec<u8>],
         remote_static: &[u8; 32],
         expected: Option<&str>,
         now: SystemTime,
-    ) -> Result<VerifiedPeer, String>;
+    ) -> Result<VerifiedPeer, VerifyError>;
+}
+
+/// Why a verifier refused a chain. The text names the rule in brackets where it has a stable
+/// name, as the peer and the operator see it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// The chain broke a rule of SVID verification.
+    #[error("{0} [{rule}]", rule = .0.rule())]
+    Chain(#[source] isthmus_pki::VerifyError),
+    /// The identity a peer was expected to have is not a SPIFFE ID.
+    #[error("expected identity {expected:?}: {source}")]
+    Expected {
+        expected: String,
+        source: isthmus_pki::IdError,
+    },
+    /// The SVID is valid but names someone the pattern does not cover.
+    #[error("the SVID names {id}, not {pattern} [wrong-identity]")]
+    WrongIdentity { id: SpiffeId, pattern: String },
+    /// The SVID is valid but no configured peer expects its identity.
+    #[error("{id} is not a configured peer of this gateway [not-a-peer]")]
+    NotAPeer { id: SpiffeId },
+    /// A refusal of a verifier other than the PKI's (tests, fuzzing), as it said it.
+    #[error("{0}")]
+    Other(String),
 }
 
 /// What a verifier learned from a chain it accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedPeer {
     /// The SPIFFE ID of the SVID.
-    pub id: String,
+    pub id: SpiffeId,
     /// The end of the SVID's validity (the chain's earliest `notAfter`).
     pub not_after: SystemTime,
 }

@@ -6,8 +6,9 @@ use std::time::{Duration, SystemTime};
 
 use super::join::{Initiator, Joined, Responder, Step, NOISE_PARAMS, PROLOGUE};
 use super::wire::{self, Answer, JoinRequest};
-use super::{fuzzing, JoinError, PeerVerifier, VerifiedPeer, JOIN_TIMEOUT};
+use super::{fuzzing, JoinError, PeerVerifier, VerifiedPeer, VerifyError, JOIN_TIMEOUT};
 use crate::keys::PrivateKey;
+use isthmus_pki::SpiffeId;
 
 pub(crate) const ALPHA: &str = "spiffe://isthmus.test/cluster/alpha/gateway/a1";
 pub(crate) const BETA: &str = "spiffe://isthmus.test/cluster/beta/gateway/b1";
@@ -46,21 +47,25 @@ impl PeerVerifier for FakeVerifier {
         remote_static: &[u8; 32],
         expected: Option<&str>,
         _now: SystemTime,
-    ) -> Result<VerifiedPeer, String> {
+    ) -> Result<VerifiedPeer, VerifyError> {
+        let refuse = |why: &str| VerifyError::Other(why.to_string());
         if let Some(rule) = &self.refuse {
-            return Err(rule.clone());
+            return Err(refuse(rule));
         }
-        let leaf = std::str::from_utf8(&chain[0]).map_err(|_| "leaf is not a fake SVID")?;
-        let (id, key) = leaf.split_once(' ').ok_or("leaf is not a fake SVID")?;
-        let bound = crate::keys::PublicKey::try_from_base64(key).map_err(|e| e.to_string())?;
+        let leaf = std::str::from_utf8(&chain[0]).map_err(|_| refuse("leaf is not a fake SVID"))?;
+        let (id, key) = leaf
+            .split_once(' ')
+            .ok_or_else(|| refuse("leaf is not a fake SVID"))?;
+        let bound =
+            crate::keys::PublicKey::try_from_base64(key).map_err(|e| refuse(&e.to_string()))?;
         if bound.as_bytes() != remote_static {
-            return Err("WireGuard key not bound to the presented SVID".into());
+            return Err(refuse("WireGuard key not bound to the presented SVID"));
         }
         if let Some(expected) = expected.filter(|e| *e != id) {
-            return Err(format!("SVID names {id}, expected {expected}"));
+            return Err(refuse(&format!("SVID names {id}, expected {expected}")));
         }
         Ok(VerifiedPeer {
-            id: id.to_string(),
+            id: SpiffeId::new(id).map_err(|e| refuse(&e.to_string()))?,
             not_after: t0() + Duration::from_secs(3600),
         })
     }

@@ -11,7 +11,7 @@
 //! ([`Membership::expire`]).
 
 use crate::config::{Expected, IdentityPeerConfig, PeerConfig};
-use crate::identity::{JoinedPeer, PeerVerifier, VerifiedPeer};
+use crate::identity::{JoinedPeer, PeerVerifier, VerifiedPeer, VerifyError};
 use crate::keys::PublicKey;
 use isthmus_pki::{Bundle, SpiffeId};
 use std::net::{IpAddr, SocketAddr};
@@ -32,13 +32,14 @@ impl PeerVerifier for PkiVerifier {
         remote_static: &[u8; 32],
         expected: Option<&str>,
         now: SystemTime,
-    ) -> Result<VerifiedPeer, String> {
+    ) -> Result<VerifiedPeer, VerifyError> {
         // A pattern ("any gateway of cluster c") is checked after the chain verified.
         let pattern = expected.filter(|e| e.contains('*'));
         let expected = match expected.filter(|e| !e.is_empty() && !e.contains('*')) {
-            Some(e) => {
-                Some(SpiffeId::new(e).map_err(|err| format!("expected identity {e:?}: {err}"))?)
-            }
+            Some(e) => Some(SpiffeId::new(e).map_err(|source| VerifyError::Expected {
+                expected: e.to_string(),
+                source,
+            })?),
             None => None,
         };
         let verified = isthmus_pki::verify(
@@ -48,22 +49,21 @@ impl PeerVerifier for PkiVerifier {
             expected.as_ref(),
             Some(remote_static),
         )
-        .map_err(|e| format!("{e} [{}]", e.rule()))?;
+        .map_err(VerifyError::Chain)?;
         if let Some(p) = pattern {
             if !crate::identity::id_matches(p, verified.id().as_str()) {
-                return Err(format!(
-                    "the SVID names {}, not {p} [wrong-identity]",
-                    verified.id().as_str()
-                ));
+                return Err(VerifyError::WrongIdentity {
+                    id: verified.id().clone(),
+                    pattern: p.to_string(),
+                });
             }
         } else if expected.is_none() && !self.accept.iter().any(|a| a.matches(verified.id())) {
-            return Err(format!(
-                "{} is not a configured peer of this gateway [not-a-peer]",
-                verified.id().as_str()
-            ));
+            return Err(VerifyError::NotAPeer {
+                id: verified.id().clone(),
+            });
         }
         Ok(VerifiedPeer {
-            id: verified.id().as_str().to_string(),
+            id: verified.id().clone(),
             not_after: verified.not_after(),
         })
     }
@@ -269,7 +269,7 @@ impl Membership {
     /// happens after a reload raced the join). A peer that joined before with another key
     /// rotated: its old key retires for the grace period.
     pub fn joined(&mut self, peer: &JoinedPeer, now: SystemTime) -> Option<SlotId> {
-        let id = SpiffeId::new(&peer.joined.peer_id).ok()?;
+        let id = peer.joined.peer_id.clone();
         let i = self.slot_for(&id)?;
         let grace = self.grace;
         let slot = &mut self.slots[i];
@@ -334,6 +334,20 @@ impl Membership {
             }
         }
         changed
+    }
+
+    /// When [`Membership::expire`] next has something to do: a grace period or an SVID ending.
+    pub fn poll_timeout(&self) -> Option<SystemTime> {
+        self.slots
+            .iter()
+            .flat_map(|slot| {
+                let svid = match &slot.state {
+                    SlotState::Joined { not_after, .. } => Some(*not_after),
+                    SlotState::Pending { .. } => None,
+                };
+                slot.retiring.iter().map(|r| r.until).chain(svid)
+            })
+            .min()
     }
 
     /// Whether every slot marked for a re-join that was joined has re-joined (a rotation may

@@ -339,8 +339,8 @@ impl Mesh {
         let mut refresh_due = false;
         if let Some(members) = &mut self.members {
             refresh_due = members.needs_refresh(now);
-            // Nothing of the table is due yet (the expiry timer runs 4 times a second; this
-            // keeps it from walking every member each time).
+            // Nothing of the table is due yet (joined peers may have been; this keeps the
+            // table from being walked for them).
             if members.poll_timeout().is_none_or(|t| t > now) {
                 return Expired {
                     changed,
@@ -452,8 +452,10 @@ impl Mesh {
         ))
     }
 
-    /// When [`Mesh::expire`] has something to do next.
+    /// When [`Mesh::expire`] has something to do next: a grace period or an SVID of a joined
+    /// peer ending, a member record lapsing, our own record due for re-signing.
     pub fn poll_timeout(&self) -> Option<SystemTime> {
-        self.members.as_ref().and_then(Members::poll_timeout)
+        let members = self.members.as_ref().and_then(Members::poll_timeout);
+        self.joined.poll_timeout().into_iter().chain(members).min()
     }
 }

@@ -84,7 +84,8 @@ fn deliver(from: &mut Side, to: &mut Side) -> usize {
     from.tx.clear();
     for (dest, g) in &grams {
         assert_eq!(*dest, to.addr, "sent to the peer's endpoint");
-        to.engine.decapsulate(from.addr, g, &mut to.rx, &mut to.tx);
+        to.engine
+            .decapsulate(from.addr, g, Instant::now(), &mut to.rx, &mut to.tx);
     }
     grams.len()
 }
@@ -182,7 +183,7 @@ fn replayed_datagram_is_dropped() {
     a.tx.clear();
     for _ in 0..3 {
         b.engine
-            .decapsulate(a.addr, &grams[0].1, &mut b.rx, &mut b.tx);
+            .decapsulate(a.addr, &grams[0].1, Instant::now(), &mut b.rx, &mut b.tx);
     }
     assert_eq!(received(&mut b).len(), 1);
     assert_eq!(peer_of(&b).drops.get(DropReason::Replay), 2);
@@ -199,6 +200,8 @@ fn garbage_and_truncation_change_nothing() {
     );
     let good = datagrams(&a.tx).remove(0).1;
     a.tx.clear();
+    let heard_before = peer_of(&b).last_heard();
+    assert!(heard_before.is_some(), "heard in the handshake");
     let mut seed = 0x1234_5678_u64;
     let mut rand = || {
         seed ^= seed << 13;
@@ -229,6 +232,7 @@ fn garbage_and_truncation_change_nothing() {
         b.engine.decapsulate(
             SocketAddr::from(([198, 51, 100, 7], 9)),
             &g,
+            Instant::now(),
             &mut b.rx,
             &mut b.tx,
         );
@@ -242,8 +246,14 @@ fn garbage_and_truncation_change_nothing() {
         Some(a.addr),
         "forgeries do not move the endpoint"
     );
+    assert_eq!(
+        peer_of(&b).last_heard(),
+        heard_before,
+        "forgeries do not make the peer look alive"
+    );
     // The genuine datagram still decrypts: the session survived.
-    b.engine.decapsulate(a.addr, &good, &mut b.rx, &mut b.tx);
+    b.engine
+        .decapsulate(a.addr, &good, Instant::now(), &mut b.rx, &mut b.tx);
     assert_eq!(received(&mut b).len(), 1);
 }
 
@@ -551,29 +561,21 @@ fn a_quiet_peer_gets_a_probe_every_period_and_is_heard() {
         "one per period, on the grid"
     );
 
-    // The peer hears it: at the tick after it arrived.
+    // The peer hears it, dated by the receive time the shell passes in.
     let inner_a: IpAddr = "10.1.1.2".parse().unwrap();
-    assert_eq!(
-        b.engine.last_heard(inner_a),
-        None,
-        "not before a tick sampled it"
-    );
-    tick_at(&mut b, at(4000));
-    let heard = b.engine.last_heard(inner_a);
     for ms in [4250, 4500, 4750] {
         assert!(tick_at(&mut a, at(ms)).is_empty());
     }
-    let before = tick_at(&mut a, at(5000));
-    assert_eq!(before.len(), 1);
-    a.tx.push(before[0].0, &before[0].1, None);
-    deliver(&mut a, &mut b);
-    assert_eq!(
-        b.engine.last_heard(inner_a),
-        heard,
-        "sampled at ticks, not on the packet path"
+    let probe = tick_at(&mut a, at(5000));
+    assert_eq!(probe.len(), 1);
+    let arrived = Instant::now() + Duration::from_secs(5);
+    b.engine
+        .decapsulate(a.addr, &probe[0].1, arrived, &mut b.rx, &mut b.tx);
+    assert_eq!(b.engine.last_heard(inner_a), Some(arrived));
+    assert!(
+        received(&mut b).is_empty(),
+        "a keepalive reaches no TUN device"
     );
-    tick_at(&mut b, at(5250));
-    assert_eq!(b.engine.last_heard(inner_a), Some(at(5250)));
     assert_eq!(
         b.engine.last_heard("10.9.9.9".parse().unwrap()),
         None,

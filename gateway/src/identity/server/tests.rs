@@ -46,7 +46,7 @@ async fn join_over_tcp_delivers_the_peer_to_both_sides() {
     )
     .await
     .unwrap();
-    assert_eq!(client.joined.peer_id, BETA);
+    assert_eq!(client.joined.peer_id.as_str(), BETA);
     assert_eq!(&client.joined.remote_static, rkey.public_key().as_bytes());
     assert_eq!(client.remote_addr, server.local_addr());
 
@@ -54,7 +54,7 @@ async fn join_over_tcp_delivers_the_peer_to_both_sides() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(seen.joined.peer_id, ALPHA);
+    assert_eq!(seen.joined.peer_id.as_str(), ALPHA);
     assert_eq!(&seen.joined.remote_static, ikey.public_key().as_bytes());
     assert_eq!(seen.joined.remote_chain, fake_chain(ALPHA, &ikey));
     assert!(seen.remote_addr.ip().is_loopback());
@@ -126,7 +126,7 @@ async fn garbage_clients_are_disconnected_while_a_real_join_succeeds() {
     )
     .await
     .unwrap();
-    assert_eq!(client.joined.peer_id, BETA);
+    assert_eq!(client.joined.peer_id.as_str(), BETA);
 
     assert!(closed_by_server(&mut oversized).await, "oversized");
     assert!(closed_by_server(&mut garbage).await, "garbage");
@@ -134,7 +134,7 @@ async fn garbage_clients_are_disconnected_while_a_real_join_succeeds() {
 
     // Only the real join came through, and the listener still serves.
     let seen = joined.recv().await.unwrap();
-    assert_eq!(seen.joined.peer_id, ALPHA);
+    assert_eq!(seen.joined.peer_id.as_str(), ALPHA);
     assert!(joined.try_recv().is_err());
     let again = join_connect(
         addr,

@@ -26,7 +26,7 @@ fn slot_config() -> IdentityPeerConfig {
 fn joined(key: &PrivateKey, not_after: SystemTime, hint: Option<&str>) -> JoinedPeer {
     JoinedPeer {
         joined: Joined {
-            peer_id: ID.into(),
+            peer_id: SpiffeId::new(ID).unwrap(),
             not_after,
             remote_static: *key.public_key().as_bytes(),
             remote_chain: vec![],
@@ -76,6 +76,11 @@ fn a_rotated_peer_keeps_its_old_key_for_the_grace_period_only() {
     assert_eq!(keys(&retiring), vec![old.public_key()]);
     assert_eq!(retiring[0].allowed_ips, routed[0].allowed_ips);
 
+    assert_eq!(
+        m.poll_timeout(),
+        Some(t1 + GRACE),
+        "the grace period ends first"
+    );
     // Not a second before the grace period ends...
     assert!(!m.expire(t1 + GRACE - Duration::from_secs(1)));
     assert_eq!(
@@ -84,6 +89,7 @@ fn a_rotated_peer_keeps_its_old_key_for_the_grace_period_only() {
     );
     // ...and gone at its end.
     assert!(m.expire(t1 + GRACE));
+    assert_eq!(m.poll_timeout(), Some(far), "then the SVID");
     assert!(m.retiring_peers(t1 + GRACE).is_empty());
     assert_eq!(keys(&m.keyed_peers(t1 + GRACE)), vec![new.public_key()]);
 }
@@ -114,7 +120,9 @@ fn an_expired_svid_removes_the_key_and_the_peer_joins_again() {
     let mut m = Membership::new(&[slot_config()], GRACE);
     let key = PrivateKey::generate();
     let not_after = t0() + Duration::from_secs(30);
+    assert_eq!(m.poll_timeout(), None, "nothing joined, nothing to expire");
     m.joined(&joined(&key, not_after, None), t0());
+    assert_eq!(m.poll_timeout(), Some(not_after));
     assert!(m.any_joined());
     assert!(!m.expire(not_after - Duration::from_secs(1)));
     assert!(m.expire(not_after));
@@ -139,7 +147,7 @@ fn an_expired_svid_removes_the_key_and_the_peer_joins_again() {
 fn a_join_for_no_configured_identity_is_ignored() {
     let mut m = Membership::new(&[slot_config()], GRACE);
     let mut peer = joined(&PrivateKey::generate(), t0() + GRACE, None);
-    peer.joined.peer_id = "spiffe://isthmus.local/cluster/c9/gateway/gw".into();
+    peer.joined.peer_id = SpiffeId::new("spiffe://isthmus.local/cluster/c9/gateway/gw").unwrap();
     assert_eq!(m.joined(&peer, t0()), None);
     assert!(m.keyed_peers(t0()).is_empty());
 }
