@@ -180,6 +180,9 @@ impl Mesh {
         let mut own = vec![IpNet::from(mesh_addr)];
         own.extend(members.config.prefixes.iter().copied());
         let keepalive = members.config.persistent_keepalive;
+        // As `Mesh::new` with `[members]`: any gateway of the trust domain may join.
+        let mut joined = Membership::new(&[], std::time::Duration::ZERO);
+        joined.accept_any_gateway = Some(keepalive);
         Self {
             file: FilePeers {
                 own,
@@ -187,7 +190,7 @@ impl Mesh {
                 keepalive,
                 ..FilePeers::default()
             },
-            joined: Membership::new(&[], std::time::Duration::ZERO),
+            joined,
             members: Some(members),
             applied: Merged::default(),
         }
