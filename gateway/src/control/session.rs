@@ -132,8 +132,8 @@ impl SessionCore {
     }
 
     /// The session also ends when the peer's tunnel was silent for [`silent_after`] (fed by
-    /// [`SessionCore::on_tunnel_heard`]): a partitioned or dead peer loses its session as
-    /// soon as without tunnel liveness, though heartbeats are rare.
+    /// [`SessionCore::on_tunnel_heard`]): though heartbeats are rare, a partitioned or dead
+    /// peer loses its session as soon as it did when heartbeats were its only sign of life.
     pub fn with_tunnel(mut self, health: &HealthConfig) -> Self {
         self.tunnel = Some((silent_after(health), self.last_heard));
         self
