@@ -547,7 +547,14 @@ const HEALTH_IDLE: Duration = Duration::from_secs(1);
 /// it reads the catalog per query with the current time.
 async fn health_loop(shared: Arc<Shared>) {
     let mut tunnel = TunnelSeen::default();
-    let idle_step = HEALTH_IDLE.min(shared.catalog.lock().config().down_after / 2);
+    let (idle_step, probe) = {
+        let catalog = shared.catalog.lock();
+        let health = catalog.config();
+        (
+            HEALTH_IDLE.min(health.down_after / 2),
+            liveness_probe(health),
+        )
+    };
     loop {
         let wake = shared.catalog.lock().poll_timeout();
         let now = Instant::now();
@@ -562,7 +569,7 @@ async fn health_loop(shared: Arc<Shared>) {
         let now = Instant::now();
         let late = now.saturating_duration_since(until);
         if let Some(liveness) = &shared.liveness {
-            tunnel.observe(&shared, liveness.as_ref());
+            tunnel.observe(&shared, liveness.as_ref(), probe);
         }
         let events = {
             let mut catalog = shared.catalog.lock();
@@ -612,7 +619,7 @@ impl TunnelSeen {
     /// probes, or with a new handshake, may have restarted: its sessions get a heartbeat now,
     /// which a restarted peer answers with a reset, so the session is re-dialled at once
     /// rather than at its next heartbeat.
-    fn observe(&mut self, shared: &Shared, liveness: &dyn TunnelLiveness) {
+    fn observe(&mut self, shared: &Shared, liveness: &dyn TunnelLiveness, probe: Duration) {
         let open: BTreeMap<IpAddr, ClusterName> = shared
             .sessions
             .lock()
@@ -620,7 +627,6 @@ impl TunnelSeen {
             .map(|e| (e.peer.addr, e.peer.cluster.clone()))
             .collect();
         self.peers.retain(|addr, _| open.contains_key(addr));
-        let probe = liveness_probe(shared.catalog.lock().config());
         let mut alive = Vec::new();
         let mut nudge = Vec::new();
         for (addr, cluster) in open {

@@ -149,11 +149,15 @@ impl SessionCore {
     /// When the tunnel's silence ends the session, on the heartbeat grid (one wake-up for all).
     fn tunnel_deadline(&self) -> Option<Instant> {
         let (limit, heard) = self.tunnel?;
-        let due = heard + limit;
-        Some(match self.grid {
+        Some(self.on_grid(heard + limit))
+    }
+
+    /// `due` moved to the session's grid, if it has one.
+    fn on_grid(&self, due: Instant) -> Instant {
+        match self.grid {
             Some((epoch, step)) => crate::clock::on_grid(epoch, step, due),
             None => due,
-        })
+        }
     }
 
     /// Heartbeats of every session made with the same `epoch` fall on one grid (a quarter of
@@ -170,11 +174,7 @@ impl SessionCore {
 
     /// When the next heartbeat is due if nothing else is sent.
     fn heartbeat_due(&self) -> Instant {
-        let due = self.last_sent + self.heartbeat_every;
-        match self.grid {
-            Some((epoch, step)) => crate::clock::on_grid(epoch, step, due),
-            None => due,
-        }
+        self.on_grid(self.last_sent + self.heartbeat_every)
     }
 
     /// How long the session's own side may stay silent before it is closed.
